@@ -1,0 +1,141 @@
+"""Settings from the environment: read once, checked once, passed down."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+
+class ConfigError(ValueError):
+    """A bad environment value; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    privatemode_api_key: str | None
+    admin_password: str | None
+    api_keys_file: Path
+    tls_cert_file: Path | None
+    tls_key_file: Path | None
+    force_https: bool
+    trust_proxy: bool
+    rate_limit_requests: int
+    rate_limit_window: int
+    ip_rate_limit_requests: int
+    ip_rate_limit_window: int
+    upstream_url: str
+    listen_host: str
+    listen_port: int
+    admin_port: int
+    data_dir: Path
+    database_url: str
+    max_body_mb: int
+    upstream_timeout: float
+    shutdown_timeout: float
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.tls_cert_file is not None
+
+    @property
+    def max_body_bytes(self) -> int:
+        return self.max_body_mb * 1024 * 1024
+
+    @property
+    def upstream_address(self) -> tuple[str, int]:
+        parts = urlsplit(self.upstream_url)
+        return parts.hostname or "127.0.0.1", parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw == "":
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}: expected true or false, got {raw!r}")
+
+
+def _number(env: Mapping[str, str], name: str, default: float, *, kind=int, minimum=1):
+    raw = env.get(name, "").strip()
+    if raw == "":
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: expected a number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name}: must be at least {minimum}, got {raw!r}")
+    return value
+
+
+def _port(env: Mapping[str, str], name: str, default: int) -> int:
+    port = _number(env, name, default)
+    if port > 65535:
+        raise ConfigError(f"{name}: not a TCP port: {port}")
+    return port
+
+
+def _upstream_url(env: Mapping[str, str]) -> str:
+    url = env.get("UPSTREAM_URL", "").strip() or "http://127.0.0.1:8081"
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"UPSTREAM_URL: expected http://host:port, got {url!r}")
+    try:
+        parts.port
+    except ValueError:
+        raise ConfigError(f"UPSTREAM_URL: bad port in {url!r}") from None
+    if parts.path not in ("", "/"):
+        raise ConfigError(f"UPSTREAM_URL: must not have a path, got {url!r}")
+    return url.rstrip("/")
+
+
+def _tls_files(env: Mapping[str, str]) -> tuple[Path | None, Path | None]:
+    cert = env.get("TLS_CERT_FILE", "").strip()
+    key = env.get("TLS_KEY_FILE", "").strip()
+    if bool(cert) != bool(key):
+        missing = "TLS_KEY_FILE" if cert else "TLS_CERT_FILE"
+        raise ConfigError(f"{missing}: must be set together with the other TLS file")
+    if not cert:
+        return None, None
+    for name, value in (("TLS_CERT_FILE", cert), ("TLS_KEY_FILE", key)):
+        if not os.access(value, os.R_OK):
+            raise ConfigError(f"{name}: cannot read {value}")
+    return Path(cert), Path(key)
+
+
+def load(env: Mapping[str, str] | None = None) -> Settings:
+    """Build the settings from `env` (default: os.environ); raise ConfigError on a bad value."""
+    env = os.environ if env is None else env
+    cert, key = _tls_files(env)
+    data_dir = Path(env.get("DATA_DIR", "").strip() or "./data")
+    database_url = env.get("DATABASE_URL", "").strip() or f"sqlite:///{data_dir / 'gateway.db'}"
+    if not database_url.startswith("sqlite"):
+        raise ConfigError(f"DATABASE_URL: only sqlite:/// URLs are supported, got {database_url!r}")
+    return Settings(
+        privatemode_api_key=env.get("PRIVATEMODE_API_KEY") or None,
+        admin_password=env.get("ADMIN_PASSWORD") or None,
+        api_keys_file=Path(env.get("API_KEYS_FILE", "").strip() or "/app/secrets/api_keys.json"),
+        tls_cert_file=cert,
+        tls_key_file=key,
+        force_https=_bool(env, "FORCE_HTTPS", cert is not None),
+        trust_proxy=_bool(env, "TRUST_PROXY", False),
+        rate_limit_requests=_number(env, "RATE_LIMIT_REQUESTS", 100),
+        rate_limit_window=_number(env, "RATE_LIMIT_WINDOW", 60),
+        ip_rate_limit_requests=_number(env, "IP_RATE_LIMIT_REQUESTS", 1000),
+        ip_rate_limit_window=_number(env, "IP_RATE_LIMIT_WINDOW", 60),
+        upstream_url=_upstream_url(env),
+        listen_host=env.get("LISTEN_HOST", "").strip() or "0.0.0.0",
+        listen_port=_port(env, "LISTEN_PORT", 8080),
+        admin_port=_port(env, "ADMIN_PORT", 8082),
+        data_dir=data_dir,
+        database_url=database_url,
+        max_body_mb=_number(env, "MAX_BODY_MB", 30),
+        upstream_timeout=_number(env, "UPSTREAM_TIMEOUT", 600.0, kind=float, minimum=0.1),
+        shutdown_timeout=_number(env, "SHUTDOWN_TIMEOUT", 30.0, kind=float, minimum=0),
+    )
