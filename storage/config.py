@@ -26,6 +26,8 @@ class Settings:
     rate_limit_window: int
     ip_rate_limit_requests: int
     ip_rate_limit_window: int
+    global_rate_limit_requests: int
+    global_rate_limit_window: int
     upstream_url: str
     listen_host: str
     listen_port: int
@@ -129,6 +131,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         rate_limit_window=_number(env, "RATE_LIMIT_WINDOW", 60),
         ip_rate_limit_requests=_number(env, "IP_RATE_LIMIT_REQUESTS", 1000),
         ip_rate_limit_window=_number(env, "IP_RATE_LIMIT_WINDOW", 60),
+        global_rate_limit_requests=_number(env, "GLOBAL_RATE_LIMIT_REQUESTS", 1000),
+        global_rate_limit_window=_number(env, "GLOBAL_RATE_LIMIT_WINDOW", 60),
         upstream_url=_upstream_url(env),
         listen_host=env.get("LISTEN_HOST", "").strip() or "0.0.0.0",
         listen_port=_port(env, "LISTEN_PORT", 8080),

@@ -1,0 +1,73 @@
+"""`python -m addons`: the production gateway, mitmproxy embedded with only the addons it needs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import time
+
+from mitmproxy import options
+from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig
+from mitmproxy.master import Master
+
+from addons.gateway import Gateway
+from storage import config
+
+log = logging.getLogger("gateway")
+
+
+def mitmproxy_options(s: config.Settings) -> dict:
+    return {
+        "mode": [f"reverse:{s.upstream_url}@{s.listen_host}:{s.listen_port}"],
+        # With eager connections a dead upstream gives clients an empty reply and no hook runs.
+        "connection_strategy": "lazy",
+        "body_size_limit": f"{s.max_body_mb}m",
+        "confdir": str(s.data_dir / ".mitmproxy"),
+    }
+
+
+async def serve(s: config.Settings) -> int:
+    master = Master(options.Options(), with_termlog=False)
+    gateway = Gateway(s)
+    master.addons.add(
+        core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer(), tlsconfig.TlsConfig(),
+        errorcheck.ErrorCheck(), gateway,
+    )
+    master.options.update(**mitmproxy_options(s))
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    run = asyncio.create_task(master.run())
+    stop = asyncio.create_task(stopping.wait())
+    await asyncio.wait([run, stop], return_when=asyncio.FIRST_COMPLETED)
+    if run.done():
+        return 1  # mitmproxy stopped on its own: a port in use, a bad option
+    log.info("stopping: no new connections, waiting for %d request(s)", gateway.in_flight)
+    await master.addons.get("proxyserver").servers.update([])
+    deadline = time.monotonic() + s.shutdown_timeout
+    while gateway.in_flight > 0 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    if gateway.in_flight:
+        log.warning("shutdown timeout: %d request(s) still running are cut off", gateway.in_flight)
+    master.shutdown()
+    await run  # the done hook flushes the usage writer
+    log.info("stopped")
+    return 0
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("mitmproxy").setLevel(logging.WARNING)
+    try:
+        settings = config.load()
+    except config.ConfigError as e:
+        print(f"gateway: configuration error: {e}", file=sys.stderr)
+        return 2
+    return asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,335 @@
+"""The gateway addon: routes, API keys, rate limits and usage metering, failing closed.
+
+Production runs it through `python -m addons`; for debugging it also loads with
+`mitmdump -s addons/gateway.py` or `mitmweb -s addons/gateway.py` (see the README).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from mitmproxy import ctx, http
+
+# Loaded as a script, only addons/ is on sys.path; our packages live one folder up.
+_ROOT = str(Path(__file__).resolve().parents[1])
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from addons import engine, errors, routes  # noqa: E402
+from addons.health import Health  # noqa: E402
+from addons.limits import Limiter, Rule, Verdict  # noqa: E402
+from addons.live import LiveData  # noqa: E402
+from addons.metering import META, RequestInfo, make_record  # noqa: E402
+from addons.sse import SseUsageTap  # noqa: E402
+from addons.tls import CHECK_SECONDS, CertificateBundle  # noqa: E402
+from addons.usage import usage_from_json_body  # noqa: E402
+from addons.writer import UsageWriter  # noqa: E402
+from storage import config, db  # noqa: E402
+from storage.settings import Limits  # noqa: E402
+
+log = logging.getLogger("gateway")
+KEY_HEADERS = ("authorization", "x-api-key")
+
+
+class Gateway:
+    def __init__(self, settings: config.Settings | None = None) -> None:
+        self.settings = settings
+        self.limiter = Limiter()
+        self.in_flight = 0
+        self.live: LiveData | None = None
+        self.writer: UsageWriter | None = None
+        self.health: Health | None = None
+        self.tls: CertificateBundle | None = None
+        self._tls_task: asyncio.Task | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def load(self, loader) -> None:
+        s = self.settings = self.settings or config.load()
+        db.open_database(s.database_url)
+        defaults = Limits(
+            rate_limit_requests=s.rate_limit_requests,
+            rate_limit_window=s.rate_limit_window,
+            ip_rate_limit_requests=s.ip_rate_limit_requests,
+            ip_rate_limit_window=s.ip_rate_limit_window,
+            global_rate_limit_requests=s.global_rate_limit_requests,
+            global_rate_limit_window=s.global_rate_limit_window,
+        )
+        self.live = LiveData(defaults, s.api_keys_file)
+        self.writer = UsageWriter()
+        self.health = Health(s.upstream_address)
+        engine.install(lambda status, message: errors.engine_error(
+            status, message, admin_address=f"'127.0.0.1', {s.admin_port})"))
+        if s.tls_enabled:
+            self.tls = CertificateBundle(s.tls_cert_file, s.tls_key_file, s.data_dir / ".tls")
+            self.tls.write()
+
+    def configure(self, updated) -> None:
+        if self.tls and "certs" in updated and ctx.options.certs != self.tls.option_value():
+            ctx.options.update(certs=self.tls.option_value())
+
+    async def running(self) -> None:
+        self.live.start()
+        self.writer.start()
+        await self.health.probe()
+        self.health.start()
+        if self.tls:
+            ctx.options.update(certs=self.tls.option_value())
+            self._tls_task = asyncio.get_running_loop().create_task(self._watch_certificate())
+
+    def done(self) -> None:
+        """Flush every queued usage row: a graceful stop loses none."""
+        if self.health:
+            self.health.stop()
+        if self._tls_task:
+            self._tls_task.cancel()
+        if self.live:
+            self.live.stop()
+        if self.writer:
+            self.writer.close()
+
+    async def _watch_certificate(self) -> None:
+        while True:
+            await asyncio.sleep(CHECK_SECONDS)
+            try:
+                if self.tls.changed():
+                    self.tls.write()
+                    ctx.options.update(certs=self.tls.option_value())
+                    log.info("TLS certificate reloaded")
+            except Exception:
+                log.exception("reloading the TLS certificate failed; keeping the current one")
+
+    # -- hooks -----------------------------------------------------------------------------
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        try:
+            self._admit(flow)
+        except Exception:
+            log.exception("admission failed; refusing the request")
+            flow.request.stream = False
+            flow.response = errors.internal_error()
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response:
+            return
+        info: RequestInfo | None = flow.metadata.get(META)
+        if info is None or not (info.admitted or info.route.kind is routes.Kind.ADMIN):
+            flow.response = errors.internal_error()  # fail closed: never forward an unchecked request
+            return
+        try:
+            self._prepare_upstream(flow, info)
+        except Exception:
+            log.exception("preparing the request failed; refusing it")
+            flow.response = errors.internal_error()
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        info: RequestInfo | None = flow.metadata.get(META)
+        if info is None:
+            return
+        if info.timer:
+            info.timer.cancel()
+        response = flow.response
+        response.headers.pop("server", None)
+        response.headers.pop("x-gateway-error", None)
+        if info.route.kind is routes.Kind.ADMIN:
+            response.stream = True
+            return
+        if info.verdict and response.status_code < 400:
+            response.headers.update(info.verdict.headers())
+        if "text/event-stream" in response.headers.get("content-type", ""):
+            info.tap = SseUsageTap(strip_usage_only_chunk=info.strip_usage_chunk)
+            response.stream = info.tap
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        info: RequestInfo | None = flow.metadata.get(META)
+        if info is None or info.finished:
+            return
+        status = flow.response.status_code
+        if info.tap is not None:
+            usage, model, complete = info.tap.usage, info.tap.model or info.model, info.tap.saw_done
+            complete = complete or info.route.endpoint == "/v1/messages" or status >= 400
+        elif info.admitted and not flow.response.stream:
+            usage, complete = usage_from_json_body(flow.response.content or b""), True
+            model = info.model or _model_from(flow.response.content)
+        else:
+            usage, model, complete = None, info.model, True
+        self._finish(flow, info, status, usage, model, complete)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        info: RequestInfo | None = flow.metadata.get(META)
+        if info is None or info.finished:
+            return
+        if info.timer:
+            info.timer.cancel()
+        status = flow.response.status_code if flow.response else 502
+        usage = info.tap.usage if info.tap else None
+        model = (info.tap.model if info.tap else None) or info.model
+        self._finish(flow, info, status, usage, model, complete=False)
+
+    # -- admission -------------------------------------------------------------------------
+
+    def _admit(self, flow: http.HTTPFlow) -> None:
+        s, snapshot = self.settings, self.live.snapshot
+        request = flow.request
+        path = request.path.split("?", 1)[0]
+        info = RequestInfo(routes.classify(path), self._client_ip(flow))
+        flow.metadata[META] = info
+        self.in_flight += 1
+        kind = info.route.kind
+
+        if kind is routes.Kind.HEALTH:
+            status, body = self.health.report(self.writer.last_error)
+            flow.response = errors.json_response(status, body)
+            return
+        if s.force_https and not flow.client_conn.tls_established:
+            flow.response = errors.error_response(403, "HTTPS required.", "invalid_request_error", "https_required")
+            return
+        limits = snapshot.limits
+        ip_verdict = self.limiter.check_ip(info.client_ip, Rule(limits.ip_rate_limit_requests, limits.ip_rate_limit_window))
+        if not ip_verdict.allowed:
+            flow.response = _too_many(ip_verdict)
+            return
+        if kind is routes.Kind.ADMIN:
+            self._route_to_admin(flow, info)
+            return
+        if kind is routes.Kind.UNKNOWN:
+            flow.response = errors.not_found(path)
+            return
+
+        presented = _take_key(request)
+        entry = snapshot.keys_by_hash.get(hashlib.sha256(presented.encode()).hexdigest()) if presented else None
+        if entry is None:
+            reason = "Missing API key." if not presented else "Invalid API key."
+            flow.response = errors.invalid_api_key(reason)
+            return
+        if not entry.enabled:
+            flow.response = errors.invalid_api_key("This API key has been revoked.")
+            return
+        if entry.expires_at is not None and entry.expires_at <= datetime.now(UTC):
+            flow.response = errors.invalid_api_key("This API key has expired.")
+            return
+        info.key_id = entry.key_id
+
+        key_rule = Rule(entry.rate_limit or limits.rate_limit_requests, limits.rate_limit_window)
+        global_rule = Rule(limits.global_rate_limit_requests, limits.global_rate_limit_window)
+        verdict = self.limiter.check_key(entry.key_id, key_rule, global_rule, ip_verdict)
+        if not verdict.allowed:
+            flow.response = _too_many(verdict)
+            return
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > s.max_body_bytes:
+            flow.response = errors.error_response(
+                413, f"Request body exceeds {s.max_body_mb} MB.", "invalid_request_error", "request_too_large")
+            return
+        info.verdict = verdict
+        info.admitted = True
+        if info.route.stream_upload:
+            request.stream = info.count_upload
+            self._start_timer(flow, info)
+
+    def _client_ip(self, flow: http.HTTPFlow) -> str:
+        peer = flow.client_conn.peername[0] if flow.client_conn.peername else ""
+        if self.settings.trust_proxy:
+            # The address our trusted proxy saw is the last one it appended.
+            forwarded = [a.strip() for a in flow.request.headers.get("x-forwarded-for", "").split(",") if a.strip()]
+            if forwarded:
+                return forwarded[-1]
+        return peer
+
+    def _route_to_admin(self, flow: http.HTTPFlow, info: RequestInfo) -> None:
+        request = flow.request
+        request.scheme, request.host, request.port = "http", "127.0.0.1", self.settings.admin_port
+        request.headers["x-forwarded-for"] = info.client_ip
+        request.headers["x-forwarded-proto"] = "https" if flow.client_conn.tls_established else "http"
+        request.headers["x-forwarded-prefix"] = "/admin"
+        request.stream = True
+
+    # -- forwarding ------------------------------------------------------------------------
+
+    def _prepare_upstream(self, flow: http.HTTPFlow, info: RequestInfo) -> None:
+        if info.route.kind is routes.Kind.ADMIN:
+            return
+        request = flow.request
+        if not info.route.stream_upload:
+            info.request_bytes = len(request.raw_content or b"")
+        if info.route.json_body and request.method == "POST":
+            try:
+                body = json.loads(request.content or b"")
+                if not isinstance(body, dict):
+                    raise ValueError
+            except ValueError:
+                flow.response = errors.error_response(
+                    400, "The request body is not a valid JSON object.", "invalid_request_error", "invalid_json")
+                return
+            model = body.get("model")
+            info.model = model if isinstance(model, str) else None
+            if info.route.usage_in_stream and body.get("stream") is True:
+                options = body.get("stream_options")
+                if not (isinstance(options, dict) and options.get("include_usage") is True):
+                    # Ask for usage upstream; the usage-only chunk is removed on the way back.
+                    body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+                    request.content = json.dumps(body).encode()
+                    info.strip_usage_chunk = True
+        self._start_timer(flow, info)
+
+    def _start_timer(self, flow: http.HTTPFlow, info: RequestInfo) -> None:
+        if info.timer is None:
+            info.timer = asyncio.get_running_loop().call_later(
+                self.settings.upstream_timeout, self._upstream_timed_out, flow)
+
+    def _upstream_timed_out(self, flow: http.HTTPFlow) -> None:
+        if flow.response is None and flow.live:
+            body = errors.error_body("The upstream did not answer in time.", "server_error", "upstream_timeout")
+            if not engine.answer_with_timeout(flow.client_conn.id, flow.server_conn, body):
+                flow.kill()
+
+    # -- the end of every request ----------------------------------------------------------
+
+    def _finish(self, flow, info: RequestInfo, status, usage, model, complete: bool) -> None:
+        info.finished = True
+        self.in_flight -= 1
+        if info.key_id and info.route.kind is routes.Kind.API:
+            record = make_record(info, status, usage, model, complete, self.live.snapshot.prices)
+            self.writer.put(record)
+        tokens = usage.total_tokens if usage else 0
+        log.info(
+            "%s %s %s key=%s model=%s tokens=%d %dms%s",
+            flow.request.method, info.route.endpoint or "-", status, info.key_id or "-",
+            model or "-", tokens, info.duration_ms(), "" if complete else " interrupted",
+        )
+
+
+def _take_key(request: http.Request) -> str | None:
+    """The presented key, removed from the request in every case: it never goes upstream."""
+    authorization = request.headers.pop("authorization", "")
+    api_key = request.headers.pop("x-api-key", "")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return api_key.strip() or None
+
+
+def _too_many(verdict: Verdict) -> http.Response:
+    names = {"ip": "per-IP", "key": "per-key", "global": "global"}
+    return errors.error_response(
+        429, f"Rate limit exceeded ({names[verdict.scope]} limit). Retry after {verdict.headers()['retry-after']} s.",
+        "requests", "rate_limit_exceeded", verdict.headers())
+
+
+def _model_from(content: bytes | None) -> str | None:
+    if not content or b'"model"' not in content:
+        return None
+    try:
+        model = json.loads(content).get("model")
+    except (ValueError, AttributeError):
+        return None
+    return model if isinstance(model, str) else None
+
+
+addons = [Gateway()]

@@ -1,0 +1,67 @@
+"""Whether the upstream answers and the database takes writes, probed in the background."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from storage import db
+
+log = logging.getLogger("gateway.health")
+PROBE_SECONDS = 2.0
+PROBE_TIMEOUT = 1.5
+
+
+async def upstream_answers(host: str, port: int) -> bool:
+    """Any HTTP status line counts: privatemode-proxy has no /health and answers 404."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), PROBE_TIMEOUT)
+    except (OSError, TimeoutError):
+        return False
+    try:
+        writer.write(b"GET / HTTP/1.1\r\nHost: upstream\r\nConnection: close\r\n\r\n")
+        line = await asyncio.wait_for(reader.readline(), PROBE_TIMEOUT)
+        return line.startswith(b"HTTP/")
+    except (OSError, TimeoutError):
+        return False
+    finally:
+        writer.close()
+
+
+class Health:
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        self.upstream = upstream
+        self.upstream_ok = False
+        self.database_ok = False
+        self.checked_at = 0.0
+        self._task: asyncio.Task | None = None
+
+    async def probe(self) -> None:
+        self.upstream_ok = await upstream_answers(*self.upstream)
+        self.database_ok = await asyncio.to_thread(db.writable)
+        self.checked_at = time.time()
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.probe()
+            except Exception:
+                log.exception("health probe failed")
+            await asyncio.sleep(PROBE_SECONDS)
+
+    def report(self, writer_error: str | None) -> tuple[int, dict]:
+        healthy = self.upstream_ok and self.database_ok and writer_error is None
+        return (200 if healthy else 503), {
+            "status": "ok" if healthy else "degraded",
+            "upstream": "ok" if self.upstream_ok else "unreachable",
+            "database": "ok" if self.database_ok and writer_error is None else "not writable",
+            "checked_at": round(self.checked_at, 3),
+        }

@@ -1,0 +1,58 @@
+"""Which of our routes a request path is, decided once per request from the path alone."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+
+class Kind(enum.Enum):
+    HEALTH = "health"
+    ADMIN = "admin"
+    API = "api"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class Route:
+    kind: Kind
+    endpoint: str = ""  # what a usage row names: the API path, or "/unstructured"
+    json_body: bool = False  # bodies we read for `model` and `stream`
+    stream_upload: bool = False  # bodies that pass through without being held in memory
+    usage_in_stream: bool = False  # streamed chat or completion: usage can be asked for
+
+
+API_ROUTES = {
+    "/v1/chat/completions": Route(Kind.API, "/v1/chat/completions", json_body=True, usage_in_stream=True),
+    "/v1/completions": Route(Kind.API, "/v1/completions", json_body=True, usage_in_stream=True),
+    "/v1/embeddings": Route(Kind.API, "/v1/embeddings", json_body=True),
+    "/v1/messages": Route(Kind.API, "/v1/messages", json_body=True),
+    "/v1/audio/transcriptions": Route(Kind.API, "/v1/audio/transcriptions", stream_upload=True),
+    "/v1/models": Route(Kind.API, "/v1/models"),
+}
+UNSTRUCTURED = Route(Kind.API, "/unstructured", stream_upload=True)
+HEALTH = Route(Kind.HEALTH, "/health")
+ADMIN = Route(Kind.ADMIN, "/admin")
+UNKNOWN = Route(Kind.UNKNOWN)
+
+
+def classify(path: str) -> Route:
+    """`path` is the request target without the query string."""
+    if _has_dot_segments(path):
+        # `/admin/../v1/...` must not mean one thing here and another behind us.
+        return UNKNOWN
+    if path in API_ROUTES:
+        return API_ROUTES[path]
+    if path.startswith("/unstructured/"):
+        return UNSTRUCTURED
+    if path == "/health":
+        return HEALTH
+    if path == "/admin" or path.startswith("/admin/"):
+        return ADMIN
+    return UNKNOWN
+
+
+def _has_dot_segments(path: str) -> bool:
+    decoded = unquote(path)
+    return any(segment in (".", "..") for segment in decoded.split("/")) or "\\" in decoded
