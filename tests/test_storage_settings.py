@@ -1,0 +1,83 @@
+"""storage.settings: live limits over environment defaults."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from storage import config, settings
+from storage.db import close_database, open_database
+from storage.settings import LIMIT_NAMES, Limits
+
+DEFAULTS = Limits(100, 60, 1000, 60, 2000, 60)
+
+
+@pytest.fixture
+def db_path(tmp_path):
+    path = tmp_path / "gateway.db"
+    open_database(f"sqlite:///{path}")
+    yield path
+    close_database()
+
+
+def test_defaults_apply_without_stored_values(db_path):
+    assert settings.load_limits(DEFAULTS) == DEFAULTS
+
+
+def test_from_settings_reads_the_environment():
+    env = {"RATE_LIMIT_REQUESTS": "7", "IP_RATE_LIMIT_WINDOW": "30", "GLOBAL_RATE_LIMIT_REQUESTS": "15"}
+    limits = Limits.from_settings(config.load(env))
+    assert (limits.rate_limit_requests, limits.ip_rate_limit_window) == (7, 30)
+    assert limits.global_rate_limit_requests == 15
+    assert set(LIMIT_NAMES) == {
+        "rate_limit_requests",
+        "rate_limit_window",
+        "ip_rate_limit_requests",
+        "ip_rate_limit_window",
+        "global_rate_limit_requests",
+        "global_rate_limit_window",
+    }
+
+
+def test_stored_values_override_and_reset(db_path):
+    assert settings.set_limit("rate_limit_requests", 5) == 5
+    assert settings.set_limit("ip_rate_limit_window", "120") == 120
+    assert settings.set_limit("rate_limit_requests", 6.0) == 6
+    limits = settings.load_limits(DEFAULTS)
+    assert (limits.rate_limit_requests, limits.ip_rate_limit_window) == (6, 120)
+    assert limits.rate_limit_window == DEFAULTS.rate_limit_window
+    assert settings.reset_limit("rate_limit_requests") is True
+    assert settings.reset_limit("rate_limit_requests") is False
+    assert settings.load_limits(DEFAULTS).rate_limit_requests == DEFAULTS.rate_limit_requests
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("rate_limit_requests", 0, "positive integer"),
+        ("rate_limit_requests", -3, "positive integer"),
+        ("rate_limit_requests", "ten", "positive integer"),
+        ("rate_limit_requests", 2.5, "positive integer"),
+        ("rate_limit_requests", True, "positive integer"),
+        ("rate_limit_requests", None, "positive integer"),
+        ("max_body_mb", 5, "unknown setting"),
+    ],
+)
+def test_set_limit_refuses_bad_values(db_path, name, value, message):
+    with pytest.raises(ValueError, match=message):
+        settings.set_limit(name, value)
+    assert settings.load_limits(DEFAULTS) == DEFAULTS
+
+
+def test_reset_unknown_limit(db_path):
+    with pytest.raises(ValueError, match="unknown setting"):
+        settings.reset_limit("nope")
+
+
+def test_a_bad_value_written_by_hand_keeps_the_default(db_path):
+    conn = sqlite3.connect(db_path)
+    with conn:
+        conn.execute("INSERT INTO setting VALUES ('rate_limit_requests', 'lots'), ('other', 'x')")
+    conn.close()
+    assert settings.load_limits(DEFAULTS) == DEFAULTS
