@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -15,6 +16,9 @@ from storage import prices
 from storage.usage import UsageRecord
 
 META = "gateway"  # our namespace in flow.metadata
+# The `model` field of a multipart upload, looked for only in its first bytes.
+MULTIPART_MODEL = re.compile(rb'name="model"\r\n(?:[^\r\n]*\r\n)*?\r\n([^\r\n]{1,200})\r\n')
+MULTIPART_HEAD_BYTES = 64 * 1024
 
 
 @dataclass
@@ -31,10 +35,18 @@ class RequestInfo:
     tap: SseUsageTap | None = None
     timer: asyncio.TimerHandle | None = None
     finished: bool = False
+    _upload_head: bytes = b""
 
     def count_upload(self, chunk: bytes) -> bytes:
-        """`flow.request.stream` for uploads: forwards each chunk, keeps only its size."""
+        """`flow.request.stream` for uploads: forwards each chunk, keeps its size and the model name."""
         self.request_bytes += len(chunk)
+        if self.model is None and len(self._upload_head) < MULTIPART_HEAD_BYTES:
+            self._upload_head += chunk[:MULTIPART_HEAD_BYTES]
+            if match := MULTIPART_MODEL.search(self._upload_head):
+                self.model = match.group(1).decode("utf-8", "replace")
+                self._upload_head = b""
+        elif self._upload_head:
+            self._upload_head = b""  # nothing more to find: let the bytes go
         return chunk
 
     def duration_ms(self) -> int:
