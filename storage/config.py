@@ -37,6 +37,7 @@ class Settings:
     max_body_mb: int
     upstream_timeout: float
     shutdown_timeout: float
+    privatemode_log_file: Path
 
     @property
     def tls_enabled(self) -> bool:
@@ -142,4 +143,6 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         max_body_mb=_number(env, "MAX_BODY_MB", 30),
         upstream_timeout=_number(env, "UPSTREAM_TIMEOUT", 600.0, kind=float, minimum=0.1),
         shutdown_timeout=_number(env, "SHUTDOWN_TIMEOUT", 30.0, kind=float, minimum=0),
+        # entrypoint.sh writes privatemode-proxy's output here; the admin reads attestation from it.
+        privatemode_log_file=Path(env.get("PRIVATEMODE_LOG_FILE", "").strip() or data_dir / "privatemode-proxy.log"),
     )
