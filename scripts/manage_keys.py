@@ -1,0 +1,338 @@
+"""Manage the gateway's API keys and read its usage from the command line."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass
+from datetime import date, datetime
+from pathlib import Path
+
+import click
+
+# Runnable as `python scripts/manage_keys.py` from anywhere: the storage package sits beside us.
+ROOT = str(Path(__file__).resolve().parent.parent)
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from storage import audit, config, keys, usage  # noqa: E402
+from storage.db import close_database, open_database  # noqa: E402
+from storage.models import parse_utc, utcnow  # noqa: E402
+
+# What the audit log shows as the client address of a change made here.
+CLI_ADDR = "cli"
+
+
+@dataclass
+class State:
+    database_url: str
+    opened: bool = False
+
+    def open(self) -> None:
+        if self.opened:
+            return
+        try:
+            open_database(self.database_url)
+        except Exception as exc:  # any failure to open is the same answer to the operator
+            raise click.ClickException(f"cannot open the database {self.database_url}: {exc}") from exc
+        self.opened = True
+
+
+pass_state = click.make_pass_decorator(State)
+
+
+def pass_db(command):
+    """Pass the state with the database open; opened here, not in the group, so --help works anywhere."""
+
+    @pass_state
+    @functools.wraps(command)
+    def run(state: State, *args, **kwargs):
+        state.open()
+        return command(state, *args, **kwargs)
+
+    return run
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+
+
+class When(click.ParamType):
+    """An ISO date (midnight UTC) or date-time (UTC unless it names a zone)."""
+
+    name = "DATE"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, datetime):
+            return value
+        try:
+            return parse_utc(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a date like 2026-12-31 or 2026-12-31T18:00:00Z", param, ctx)
+
+
+class Day(click.ParamType):
+    name = "DAY"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, date):
+            return value
+        try:
+            return date.fromisoformat(value.strip())
+        except ValueError:
+            self.fail(f"{value!r} is not a date like 2026-12-31", param, ctx)
+
+
+class Cli(click.Group):
+    """Turns the storage layer's expected errors into a message and exit status 1."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (keys.KeyNotFound, keys.KeysFileError) as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+def default_database_url() -> str:
+    # Only DATA_DIR matters here: an unrelated bad variable must not stop key management.
+    return config.load({"DATA_DIR": os.environ.get("DATA_DIR", "")}).database_url
+
+
+@click.group(cls=Cli)
+@click.option(
+    "--database-url",
+    envvar="DATABASE_URL",
+    default=default_database_url,
+    show_default="sqlite:///$DATA_DIR/gateway.db",
+    help="The gateway's database (env DATABASE_URL).",
+)
+@click.pass_context
+def cli(ctx: click.Context, database_url: str) -> None:
+    """Manage the gateway's API keys and read its usage.
+
+    Every change applies to the running gateway within a second.
+    """
+    ctx.obj = State(database_url)
+    ctx.call_on_close(close_database)
+
+
+def _when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M") if value else "-"
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def _key_json(key, now: datetime) -> dict:
+    return {
+        "key_id": key.key_id,
+        "name": key.name,
+        "prefix": key.prefix,
+        "status": keys.key_status(key, now),
+        "enabled": key.enabled,
+        "created_at": _iso(key.created_at),
+        "expires_at": _iso(key.expires_at),
+        "revoked_at": _iso(key.revoked_at),
+        "last_used_at": _iso(key.last_used_at),
+        "rate_limit": key.rate_limit,
+        "source": key.source,
+    }
+
+
+def _table(headers: list[str], rows: list[list]) -> str:
+    cells = [headers, *([str(cell) for cell in row] for row in rows)]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    )
+
+
+def _show_new_secret(key_id: str, plaintext: str, as_json: bool, what: str) -> None:
+    if as_json:
+        click.echo(json.dumps({"key_id": key_id, "api_key": plaintext}))
+        return
+    click.echo(f"{what} {key_id}. The API key:\n\n    {plaintext}\n")
+    click.secho("It is shown only this once and cannot be recovered: store it now.", fg="yellow")
+
+
+@cli.command()
+@click.option("--name", required=True, help="Who or what uses the key, e.g. 'n8n production'.")
+@click.option("--expires", type=When(), help="Expiry: a date (from 00:00 UTC that day) or an ISO date-time.")
+@click.option(
+    "--rate-limit",
+    type=click.IntRange(min=1),
+    help="Requests per RATE_LIMIT_WINDOW for this key [default: RATE_LIMIT_REQUESTS].",
+)
+@json_option
+@pass_db
+def create(state: State, name: str, expires: datetime | None, rate_limit: int | None, as_json: bool) -> None:
+    """Create a key and print it, once."""
+    if expires is not None and expires <= utcnow():
+        raise click.BadParameter(f"{expires:%Y-%m-%d %H:%M} UTC is in the past", param_hint="--expires")
+    try:
+        key, plaintext = keys.create_key(name, expires_at=expires, rate_limit=rate_limit, source="cli")
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--name") from None
+    audit.record("key.created", f"key_id={key.key_id} name={key.name!r}", CLI_ADDR)
+    _show_new_secret(key.key_id, plaintext, as_json, "Created key")
+
+
+@cli.command("list")
+@json_option
+@pass_db
+def list_(state: State, as_json: bool) -> None:
+    """List every key (never the key itself: it is not stored)."""
+    now = utcnow()
+    found = keys.list_keys()
+    if as_json:
+        click.echo(json.dumps([_key_json(key, now) for key in found], indent=2))
+        return
+    if not found:
+        click.echo("No keys yet: create one with `create --name NAME`.")
+        return
+    headers = [
+        "KEY ID",
+        "NAME",
+        "PREFIX",
+        "STATUS",
+        "EXPIRES (UTC)",
+        "RATE LIMIT",
+        "LAST USED (UTC)",
+        "SOURCE",
+    ]
+    rows = [
+        [
+            key.key_id,
+            key.name,
+            key.prefix,
+            keys.key_status(key, now),
+            _when(key.expires_at),
+            key.rate_limit or "default",
+            _when(key.last_used_at),
+            key.source,
+        ]
+        for key in found
+    ]
+    click.echo(_table(headers, rows))
+
+
+@cli.command()
+@click.argument("key_id")
+@json_option
+@pass_db
+def revoke(state: State, key_id: str, as_json: bool) -> None:
+    """Disable a key; `enable` brings it back."""
+    key = keys.revoke(key_id)
+    audit.record("key.revoked", f"key_id={key.key_id}", CLI_ADDR)
+    click.echo(
+        json.dumps({"key_id": key.key_id, "status": "revoked"}) if as_json else f"Revoked {key.key_id}."
+    )
+
+
+@cli.command()
+@click.argument("key_id")
+@json_option
+@pass_db
+def enable(state: State, key_id: str, as_json: bool) -> None:
+    """Enable a revoked key again."""
+    key = keys.enable(key_id)
+    audit.record("key.enabled", f"key_id={key.key_id}", CLI_ADDR)
+    status = keys.key_status(key)
+    click.echo(
+        json.dumps({"key_id": key.key_id, "status": status})
+        if as_json
+        else f"Enabled {key.key_id} ({status})."
+    )
+
+
+@cli.command()
+@click.argument("key_id")
+@click.confirmation_option(prompt="Delete this key for good? (Its usage history stays.)")
+@json_option
+@pass_db
+def delete(state: State, key_id: str, as_json: bool) -> None:
+    """Delete a key for good."""
+    keys.delete(key_id)
+    audit.record("key.deleted", f"key_id={key_id}", CLI_ADDR)
+    click.echo(json.dumps({"key_id": key_id, "deleted": True}) if as_json else f"Deleted {key_id}.")
+
+
+@cli.command()
+@click.argument("key_id")
+@json_option
+@pass_db
+def rotate(state: State, key_id: str, as_json: bool) -> None:
+    """Give a key a new secret and print it, once; the old secret stops working."""
+    plaintext = keys.rotate(key_id)
+    audit.record("key.rotated", f"key_id={key_id}", CLI_ADDR)
+    _show_new_secret(key_id, plaintext, as_json, "Rotated key")
+
+
+@cli.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@json_option
+@pass_db
+def import_(state: State, file: Path, as_json: bool) -> None:
+    """Create or update keys from a JSON keys file ({"keys": [...]}), matched by key_id."""
+    counts = asdict(keys.import_keys_file(file))
+    audit.record(
+        "keys.imported", f"file={file.name} " + " ".join(f"{k}={v}" for k, v in counts.items()), CLI_ADDR
+    )
+    if as_json:
+        click.echo(json.dumps(counts))
+    else:
+        click.echo(f"Imported {file}: " + ", ".join(f"{v} {k}" for k, v in counts.items()) + ".")
+
+
+USAGE_COLUMNS = [
+    ("requests", "REQUESTS"),
+    ("errors", "ERRORS"),
+    ("prompt_tokens", "PROMPT"),
+    ("completion_tokens", "COMPLETION"),
+    ("cached_tokens", "CACHED"),
+    ("total_tokens", "TOTAL TOKENS"),
+    ("audio_seconds", "AUDIO S"),
+    ("cost_eur", "COST EUR"),
+]
+
+
+def _usage_cells(row: dict) -> list[str]:
+    formats = {"cost_eur": "{:.4f}", "audio_seconds": "{:.1f}"}
+    return [formats.get(name, "{}").format(row[name]) for name, _ in USAGE_COLUMNS]
+
+
+@cli.command("usage")
+@click.option("--since", type=Day(), help="First day, inclusive (UTC) [default: first day of this month].")
+@click.option("--until", type=Day(), help="Last day, inclusive (UTC) [default: today].")
+@click.option("--by", type=click.Choice(["key", "model", "day"]), default="key", show_default=True)
+@json_option
+@pass_db
+def usage_(state: State, since: date | None, until: date | None, by: str, as_json: bool) -> None:
+    """Requests, tokens and cost between two days."""
+    today = utcnow().date()
+    since = since or today.replace(day=1)
+    until = until or today
+    if since > until:
+        raise click.BadParameter(f"{since} is after --until {until}", param_hint="--since")
+    rows = usage.summary(since, until, by=by)
+    total = usage.totals(since, until)
+    if as_json:
+        document = {"since": since, "until": until, "by": by, "rows": rows, "totals": total}
+        click.echo(json.dumps(document, default=str, indent=2))
+        return
+    click.echo(f"Usage from {since} to {until} (UTC days), by {by}:\n")
+    if by == "key":
+        headers, labels = ["KEY ID", "NAME"], [[r["key_id"], r["name"] or "(deleted)"] for r in rows]
+    else:
+        headers, labels = [by.upper()], [[r[by] or "(none)"] for r in rows]
+    body = [label + _usage_cells(row) for label, row in zip(labels, rows, strict=True)]
+    total_label = ["TOTAL"] + [""] * (len(headers) - 1)
+    click.echo(
+        _table(headers + [title for _, title in USAGE_COLUMNS], [*body, total_label + _usage_cells(total)])
+    )
+
+
+if __name__ == "__main__":
+    cli()

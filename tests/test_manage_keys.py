@@ -1,0 +1,269 @@
+"""scripts/manage_keys.py through click's CliRunner, against a real database."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from scripts.manage_keys import cli
+from storage import audit, keys, usage
+from storage.db import close_database, open_database, revision
+from storage.usage import UsageRecord
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def db_path(tmp_path, monkeypatch):
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    path = tmp_path / "gateway.db"
+    open_database(f"sqlite:///{path}")
+    yield path
+    close_database()
+
+
+@pytest.fixture
+def run(db_path):
+    runner = CliRunner()
+
+    def invoke(*args, input=None):
+        return runner.invoke(cli, ["--database-url", f"sqlite:///{db_path}", *args], input=input)
+
+    return invoke
+
+
+def stored_bytes(db_path) -> bytes:
+    return b"".join(p.read_bytes() for p in db_path.parent.glob(db_path.name + "*"))
+
+
+def create(run, *args) -> dict:
+    result = run("create", "--json", *args)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_create_prints_the_key_once_with_a_warning(run, db_path):
+    result = run("create", "--name", "n8n production", "--rate-limit", "30")
+    assert result.exit_code == 0, result.output
+    plaintext = next(word for word in result.output.split() if word.startswith("pmg_"))
+    assert "only this once" in result.output
+    (key,) = keys.list_keys()
+    assert key.key_hash == keys.hash_key(plaintext)
+    assert (key.name, key.rate_limit, key.source) == ("n8n production", 30, "cli")
+    (entry,) = audit.recent()
+    assert (entry.action, entry.detail) == ("key.created", f"key_id={key.key_id} name='n8n production'")
+    assert plaintext.encode() not in stored_bytes(db_path)
+
+
+def test_create_json_is_exactly_id_and_key(run):
+    start = revision()
+    document = create(run, "--name", "zapier", "--expires", "2099-12-31")
+    assert set(document) == {"key_id", "api_key"}
+    key = keys.get_key(document["key_id"])
+    assert key.key_hash == keys.hash_key(document["api_key"])
+    assert key.expires_at == datetime(2099, 12, 31, tzinfo=UTC)
+    assert revision() == start + 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--name", "x", "--expires", "soon"], "--expires"),
+        (["--name", "x", "--expires", "2001-01-01"], "in the past"),
+        (["--name", "x", "--rate-limit", "0"], "--rate-limit"),
+        (["--name", "  "], "name"),
+        ([], "--name"),
+    ],
+)
+def test_create_refuses_bad_input(run, args, message):
+    result = run("create", *args)
+    assert result.exit_code == 2
+    assert message in result.output
+    assert keys.list_keys() == []
+
+
+def test_list(run):
+    assert "No keys yet" in run("list").output
+    first = create(run, "--name", "first")
+    create(run, "--name", "second", "--expires", "2099-01-01T12:30:00+01:00")
+    keys.revoke(first["key_id"])
+    result = run("list")
+    assert result.exit_code == 0
+    lines = result.output.splitlines()
+    assert lines[0].startswith("KEY ID")
+    assert first["key_id"] in lines[1] and "revoked" in lines[1]
+    assert "2099-01-01 11:30" in lines[2] and "active" in lines[2]
+    assert first["api_key"] not in result.output
+    listed = json.loads(run("list", "--json").stdout)
+    assert [(k["name"], k["status"]) for k in listed] == [("first", "revoked"), ("second", "active")]
+    assert listed[0]["prefix"] == first["api_key"][:12]
+    assert "key_hash" not in listed[0] and "api_key" not in listed[0]
+
+
+def test_revoke_and_enable(run):
+    key_id = create(run, "--name", "k")["key_id"]
+    result = run("revoke", key_id)
+    assert result.exit_code == 0 and f"Revoked {key_id}" in result.output
+    assert keys.key_status(keys.get_key(key_id)) == "revoked"
+    assert json.loads(run("enable", key_id, "--json").stdout) == {"key_id": key_id, "status": "active"}
+    assert json.loads(run("revoke", key_id, "--json").stdout) == {"key_id": key_id, "status": "revoked"}
+    assert "Enabled" in run("enable", key_id).output
+    actions = [e.action for e in audit.recent()]
+    assert actions == ["key.enabled", "key.revoked", "key.enabled", "key.revoked", "key.created"]
+
+
+@pytest.mark.parametrize("command", [["revoke"], ["enable"], ["rotate"], ["delete", "--yes"]])
+def test_unknown_key_id(run, command):
+    result = run(*command, "key_doesnotexist")
+    assert result.exit_code == 1
+    assert "no API key with id 'key_doesnotexist'" in result.output
+
+
+def test_delete_asks_first(run):
+    key_id = create(run, "--name", "k")["key_id"]
+    result = run("delete", key_id, input="n\n")
+    assert result.exit_code == 1 and "Aborted" in result.output
+    assert keys.get_key(key_id)
+    result = run("delete", key_id, input="y\n")
+    assert result.exit_code == 0 and f"Deleted {key_id}" in result.output
+    other = create(run, "--name", "other")["key_id"]
+    assert json.loads(run("delete", other, "--yes", "--json").stdout) == {"key_id": other, "deleted": True}
+    assert keys.list_keys() == []
+    assert [e.action for e in audit.recent()] == ["key.deleted", "key.created", "key.deleted", "key.created"]
+
+
+def test_rotate(run, db_path):
+    first = create(run, "--name", "k")
+    result = run("rotate", first["key_id"])
+    assert result.exit_code == 0 and "only this once" in result.output
+    plaintext = next(word for word in result.output.split() if word.startswith("pmg_"))
+    assert keys.get_key(first["key_id"]).key_hash == keys.hash_key(plaintext)
+    again = json.loads(run("rotate", first["key_id"], "--json").stdout)
+    assert again["key_id"] == first["key_id"] and again["api_key"] not in (plaintext, first["api_key"])
+    assert audit.recent(1)[0].detail == f"key_id={first['key_id']}"
+    assert plaintext.encode() not in stored_bytes(db_path)
+
+
+def test_import(run, tmp_path, db_path):
+    path = tmp_path / "api_keys.json"
+    secret = "pmg_from_the_seed_file_0123456789"
+    path.write_text(json.dumps({"keys": [{"key_id": "key_seed", "api_key": secret, "name": "seed"}]}))
+    result = run("import", str(path))
+    assert result.exit_code == 0, result.output
+    assert "1 created, 0 updated, 0 unchanged" in result.output
+    assert json.loads(run("import", str(path), "--json").stdout) == {
+        "created": 0,
+        "updated": 0,
+        "unchanged": 1,
+    }
+    assert keys.get_key("key_seed").source == "file"
+    assert audit.recent(1)[0].detail == "file=api_keys.json created=0 updated=0 unchanged=1"
+    assert secret.encode() not in stored_bytes(db_path)
+
+
+def test_import_bad_file(run, tmp_path):
+    path = tmp_path / "api_keys.json"
+    path.write_text(json.dumps({"keys": [{"key_id": "key_seed", "name": "no secret"}]}))
+    result = run("import", str(path))
+    assert result.exit_code == 1
+    assert "entry 0 (key_seed): needs api_key or key_hash" in result.output
+    assert run("import", str(tmp_path / "missing.json")).exit_code == 2
+    assert audit.recent() == []
+
+
+@pytest.fixture
+def some_usage(run):
+    key_id = create(run, "--name", "alice")["key_id"]
+    today = datetime.now(UTC)
+    usage.record_batch(
+        [
+            UsageRecord(
+                today, key_id, "/v1/chat/completions", "gpt-oss-120b", 200, 21, 8, 0, 29, cost_eur=0.000145
+            ),
+            UsageRecord(today, key_id, "/v1/chat/completions", "gemma-3-27b", 500),
+            UsageRecord(today - timedelta(days=40), key_id, "/v1/embeddings", "qwen3-embedding-4b", 200, 13),
+        ]
+    )
+    return key_id
+
+
+def test_usage_by_key_this_month(run, some_usage):
+    result = run("usage")
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.output.splitlines() if line.startswith(some_usage))
+    assert row.split()[1:5] == ["alice", "2", "1", "21"]
+    assert "0.0001" in row
+    assert any(line.startswith("TOTAL") for line in result.output.splitlines())
+
+
+def test_usage_by_model_and_day_as_json(run, some_usage):
+    since = (datetime.now(UTC) - timedelta(days=60)).date().isoformat()
+    document = json.loads(run("usage", "--since", since, "--by", "model", "--json").stdout)
+    assert document["by"] == "model" and document["since"] == since
+    assert {r["model"]: r["requests"] for r in document["rows"]} == {
+        "gpt-oss-120b": 1,
+        "gemma-3-27b": 1,
+        "qwen3-embedding-4b": 1,
+    }
+    assert document["totals"]["requests"] == 3 and document["totals"]["errors"] == 1
+    days = json.loads(run("usage", "--since", since, "--by", "day", "--json").stdout)["rows"]
+    assert len(days) == 2 and days[0]["day"] < days[1]["day"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--since", "2026-13-01"], "--since"),
+        (["--since", "2026-02-01", "--until", "2026-01-01"], "is after"),
+        (["--by", "hour"], "--by"),
+    ],
+)
+def test_usage_bad_input(run, args, message):
+    result = run("usage", *args)
+    assert result.exit_code == 2 and message in result.output
+
+
+def test_database_url_from_environment(tmp_path, monkeypatch):
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
+    # An unrelated bad variable must not stop key management.
+    monkeypatch.setenv("LISTEN_PORT", "not a port")
+    runner = CliRunner()
+    assert runner.invoke(cli, ["list"]).exit_code == 0
+    assert (tmp_path / "data" / "gateway.db").exists()
+    url = f"sqlite:///{tmp_path / 'other.db'}"
+    assert runner.invoke(cli, ["list"], env={"DATABASE_URL": url}).exit_code == 0
+    assert (tmp_path / "other.db").exists()
+    close_database()
+
+
+def test_help_does_not_touch_the_database(tmp_path):
+    url = f"sqlite:///{tmp_path / 'never.db'}"
+    result = CliRunner().invoke(cli, ["--database-url", url, "create", "--help"])
+    assert result.exit_code == 0 and "--rate-limit" in result.output
+    assert not (tmp_path / "never.db").exists()
+
+
+def test_unusable_database_url(tmp_path):
+    result = CliRunner().invoke(cli, ["--database-url", "postgres://db/gateway", "list"])
+    assert result.exit_code == 1 and "cannot open the database" in result.output
+
+
+def test_runs_as_a_script(tmp_path):
+    url = f"sqlite:///{tmp_path / 'gateway.db'}"
+    script = ROOT / "scripts" / "manage_keys.py"
+    run = subprocess.run(
+        [sys.executable, str(script), "--database-url", url, "create", "--name", "s", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr
+    assert set(json.loads(run.stdout)) == {"key_id", "api_key"}
