@@ -11,6 +11,7 @@ from datetime import date, datetime
 from pathlib import Path
 
 import click
+from peewee import DatabaseError
 
 # Runnable as `python scripts/manage_keys.py` from anywhere: the storage package sits beside us.
 ROOT = str(Path(__file__).resolve().parent.parent)
@@ -35,7 +36,7 @@ class State:
             return
         try:
             open_database(self.database_url)
-        except Exception as exc:  # any failure to open is the same answer to the operator
+        except (ValueError, OSError, DatabaseError) as exc:
             raise click.ClickException(f"cannot open the database {self.database_url}: {exc}") from exc
         self.opened = True
 

@@ -48,8 +48,10 @@ def _create_schema() -> None:
         for statement in _revision_triggers():
             database.execute_sql(statement)
         Revision.insert(id=1, value=0).on_conflict_ignore().execute()
-        rows = [{"model": row.model, **{n: getattr(row, n) for n in PRICE_FIELDS}} for row in SEED]
-        Price.insert_many(rows).on_conflict_ignore().execute()
+        # Seed only a new table: a seed price the operator deleted must stay deleted.
+        if not Price.select().exists():
+            rows = [{"model": row.model, **{n: getattr(row, n) for n in PRICE_FIELDS}} for row in SEED]
+            Price.insert_many(rows).execute()
 
 
 def _sqlite_path(url: str) -> tuple[str, dict]:

@@ -56,7 +56,7 @@ class UtcDateTimeField(Field):
     def python_value(self, value):
         if value is None:
             return None
-        return datetime.fromisoformat(value).replace(tzinfo=UTC)
+        return parse_utc(value)
 
 
 class BaseModel(Model):

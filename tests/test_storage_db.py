@@ -36,12 +36,14 @@ def test_open_creates_parent_dir_and_sets_pragmas(db_path):
 def test_open_is_idempotent(db_path):
     before = revision()
     prices.set_price("gpt-oss-120b", input_per_mtok=1.0)
+    prices.delete_price("gemma-3-27b")
     changed = revision()
-    assert changed == before + 1
+    assert changed == before + 2
     open_database(f"sqlite:///{db_path}")
-    # Seed rows are not inserted again and the operator's price survives.
+    # Seed rows are not inserted again: the operator's price and deletion survive.
     assert revision() == changed
     assert prices.all_prices()["gpt-oss-120b"].input_per_mtok == 1.0
+    assert "gemma-3-27b" not in prices.all_prices()
     assert database.execute_sql("SELECT count(*) FROM revision").fetchone()[0] == 1
 
 
