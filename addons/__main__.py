@@ -32,8 +32,12 @@ async def serve(s: config.Settings) -> int:
     master = Master(options.Options(), with_termlog=False)
     gateway = Gateway(s)
     master.addons.add(
-        core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer(), tlsconfig.TlsConfig(),
-        errorcheck.ErrorCheck(), gateway,
+        core.Core(),
+        proxyserver.Proxyserver(),
+        next_layer.NextLayer(),
+        tlsconfig.TlsConfig(),
+        errorcheck.ErrorCheck(),
+        gateway,
     )
     master.options.update(**mitmproxy_options(s))
     stopping = asyncio.Event()
@@ -59,7 +63,9 @@ async def serve(s: config.Settings) -> int:
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
     logging.getLogger("mitmproxy").setLevel(logging.WARNING)
     try:
         settings = config.load()

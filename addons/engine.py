@@ -46,7 +46,9 @@ def install(render_error: Callable[[int, str], tuple[int, bytes]]) -> None:
 
     def init(self, context) -> None:
         original_init(self, context)
-        self.max_conns = collections.defaultdict(lambda: asyncio.Semaphore(MAX_UPSTREAM_CONNECTIONS_PER_CLIENT))
+        self.max_conns = collections.defaultdict(
+            lambda: asyncio.Semaphore(MAX_UPSTREAM_CONNECTIONS_PER_CLIENT)
+        )
         _handlers[self.client.id] = self
 
     server.ConnectionHandler.__init__ = init

@@ -64,8 +64,11 @@ class Gateway:
         self.live = LiveData(defaults, s.api_keys_file)
         self.writer = UsageWriter()
         self.health = Health(s.upstream_address)
-        engine.install(lambda status, message: errors.engine_error(
-            status, message, admin_address=f"'127.0.0.1', {s.admin_port})"))
+        engine.install(
+            lambda status, message: errors.engine_error(
+                status, message, admin_address=f"'127.0.0.1', {s.admin_port})"
+            )
+        )
         if s.tls_enabled:
             self.tls = CertificateBundle(s.tls_cert_file, s.tls_key_file, s.data_dir / ".tls")
             self.tls.write()
@@ -188,10 +191,14 @@ class Gateway:
             flow.response = errors.json_response(status, body)
             return
         if s.force_https and not flow.client_conn.tls_established:
-            flow.response = errors.error_response(403, "HTTPS required.", "invalid_request_error", "https_required")
+            flow.response = errors.error_response(
+                403, "HTTPS required.", "invalid_request_error", "https_required"
+            )
             return
         limits = snapshot.limits
-        ip_verdict = self.limiter.check_ip(info.client_ip, Rule(limits.ip_rate_limit_requests, limits.ip_rate_limit_window))
+        ip_verdict = self.limiter.check_ip(
+            info.client_ip, Rule(limits.ip_rate_limit_requests, limits.ip_rate_limit_window)
+        )
         if not ip_verdict.allowed:
             flow.response = _too_many(ip_verdict)
             return
@@ -203,7 +210,9 @@ class Gateway:
             return
 
         presented = _take_key(request)
-        entry = snapshot.keys_by_hash.get(hashlib.sha256(presented.encode()).hexdigest()) if presented else None
+        entry = (
+            snapshot.keys_by_hash.get(hashlib.sha256(presented.encode()).hexdigest()) if presented else None
+        )
         if entry is None:
             reason = "Missing API key." if not presented else "Invalid API key."
             flow.response = errors.invalid_api_key(reason)
@@ -225,7 +234,8 @@ class Gateway:
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > s.max_body_bytes:
             flow.response = errors.error_response(
-                413, f"Request body exceeds {s.max_body_mb} MB.", "invalid_request_error", "request_too_large")
+                413, f"Request body exceeds {s.max_body_mb} MB.", "invalid_request_error", "request_too_large"
+            )
             return
         info.verdict = verdict
         info.admitted = True
@@ -237,7 +247,9 @@ class Gateway:
         peer = flow.client_conn.peername[0] if flow.client_conn.peername else ""
         if self.settings.trust_proxy:
             # The address our trusted proxy saw is the last one it appended.
-            forwarded = [a.strip() for a in flow.request.headers.get("x-forwarded-for", "").split(",") if a.strip()]
+            forwarded = [
+                a.strip() for a in flow.request.headers.get("x-forwarded-for", "").split(",") if a.strip()
+            ]
             if forwarded:
                 return forwarded[-1]
         return peer
@@ -265,7 +277,11 @@ class Gateway:
                     raise ValueError
             except ValueError:
                 flow.response = errors.error_response(
-                    400, "The request body is not a valid JSON object.", "invalid_request_error", "invalid_json")
+                    400,
+                    "The request body is not a valid JSON object.",
+                    "invalid_request_error",
+                    "invalid_json",
+                )
                 return
             model = body.get("model")
             info.model = model if isinstance(model, str) else None
@@ -273,7 +289,10 @@ class Gateway:
                 options = body.get("stream_options")
                 if not (isinstance(options, dict) and options.get("include_usage") is True):
                     # Ask for usage upstream; the usage-only chunk is removed on the way back.
-                    body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+                    body["stream_options"] = {
+                        **(options if isinstance(options, dict) else {}),
+                        "include_usage": True,
+                    }
                     request.content = json.dumps(body).encode()
                     info.strip_usage_chunk = True
         self._start_timer(flow, info)
@@ -281,11 +300,14 @@ class Gateway:
     def _start_timer(self, flow: http.HTTPFlow, info: RequestInfo) -> None:
         if info.timer is None:
             info.timer = asyncio.get_running_loop().call_later(
-                self.settings.upstream_timeout, self._upstream_timed_out, flow)
+                self.settings.upstream_timeout, self._upstream_timed_out, flow
+            )
 
     def _upstream_timed_out(self, flow: http.HTTPFlow) -> None:
         if flow.response is None and flow.live:
-            body = errors.error_body("The upstream did not answer in time.", "server_error", "upstream_timeout")
+            body = errors.error_body(
+                "The upstream did not answer in time.", "server_error", "upstream_timeout"
+            )
             if not engine.answer_with_timeout(flow.client_conn.id, flow.server_conn, body):
                 flow.kill()
 
@@ -300,8 +322,14 @@ class Gateway:
         tokens = usage.total_tokens if usage else 0
         log.info(
             "%s %s %s key=%s model=%s tokens=%d %dms%s",
-            flow.request.method, info.route.endpoint or "-", status, info.key_id or "-",
-            model or "-", tokens, info.duration_ms(), "" if complete else " interrupted",
+            flow.request.method,
+            info.route.endpoint or "-",
+            status,
+            info.key_id or "-",
+            model or "-",
+            tokens,
+            info.duration_ms(),
+            "" if complete else " interrupted",
         )
 
 
@@ -317,9 +345,14 @@ def _take_key(request: http.Request) -> str | None:
 
 def _too_many(verdict: Verdict) -> http.Response:
     names = {"ip": "per-IP", "key": "per-key", "global": "global"}
+    headers = verdict.headers()
     return errors.error_response(
-        429, f"Rate limit exceeded ({names[verdict.scope]} limit). Retry after {verdict.headers()['retry-after']} s.",
-        "requests", "rate_limit_exceeded", verdict.headers())
+        429,
+        f"Rate limit exceeded ({names[verdict.scope]} limit). Retry after {headers['retry-after']} s.",
+        "requests",
+        "rate_limit_exceeded",
+        headers,
+    )
 
 
 def _model_from(content: bytes | None) -> str | None:

@@ -58,7 +58,9 @@ class UsageWriter:
                 usage.record_batch(batch)
             except Exception as e:  # a locked or full database: retry, then report and drop
                 self.last_error = type(e).__name__
-                log.warning("writing %d usage rows failed (%s), attempt %d", len(batch), type(e).__name__, attempt + 1)
+                log.warning(
+                    "writing %d usage rows failed (%s), attempt %d", len(batch), type(e).__name__, attempt + 1
+                )
                 time.sleep(0.2 * (attempt + 1))
             else:
                 self.written += len(batch)

@@ -90,7 +90,7 @@ def _upstream_url(env: Mapping[str, str]) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"UPSTREAM_URL: expected http://host:port, got {url!r}")
     try:
-        parts.port
+        _ = parts.port
     except ValueError:
         raise ConfigError(f"UPSTREAM_URL: bad port in {url!r}") from None
     if parts.path not in ("", "/"):
@@ -144,5 +144,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         upstream_timeout=_number(env, "UPSTREAM_TIMEOUT", 600.0, kind=float, minimum=0.1),
         shutdown_timeout=_number(env, "SHUTDOWN_TIMEOUT", 30.0, kind=float, minimum=0),
         # entrypoint.sh writes privatemode-proxy's output here; the admin reads attestation from it.
-        privatemode_log_file=Path(env.get("PRIVATEMODE_LOG_FILE", "").strip() or data_dir / "privatemode-proxy.log"),
+        privatemode_log_file=Path(
+            env.get("PRIVATEMODE_LOG_FILE", "").strip() or data_dir / "privatemode-proxy.log"
+        ),
     )

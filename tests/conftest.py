@@ -94,8 +94,11 @@ def start_gateway(upstream, tmp_path_factory):
 def gateway(start_gateway) -> Gateway:
     """One gateway per test module, with limits wide enough not to interfere."""
     return start_gateway(
-        RATE_LIMIT_REQUESTS="100000", RATE_LIMIT_WINDOW="3600",
-        GLOBAL_RATE_LIMIT_REQUESTS="100000", IP_RATE_LIMIT_REQUESTS="100000", MAX_BODY_MB="2",
+        RATE_LIMIT_REQUESTS="100000",
+        RATE_LIMIT_WINDOW="3600",
+        GLOBAL_RATE_LIMIT_REQUESTS="100000",
+        IP_RATE_LIMIT_REQUESTS="100000",
+        MAX_BODY_MB="2",
     )
 
 

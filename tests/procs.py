@@ -52,7 +52,11 @@ class Proc:
     def start(self) -> Proc:
         self._log = open(self.log_path, "ab")
         self.popen = subprocess.Popen(
-            self.args, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+            self.args,
+            cwd=ROOT,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         return self
@@ -101,7 +105,9 @@ def base_env(**extra: str) -> dict[str, str]:
 def start_fake_upstream(tmp: Path, port: int | None = None) -> Proc:
     port = port or free_port()
     args = [sys.executable, str(ROOT / "tests" / "fake_upstream.py"), "--port", str(port)]
-    return Proc("fake upstream", args, base_env(), tmp / f"fake-upstream-{port}.log", port).start().wait_port()
+    return (
+        Proc("fake upstream", args, base_env(), tmp / f"fake-upstream-{port}.log", port).start().wait_port()
+    )
 
 
 def gateway_env(data_dir: Path, upstream_port: int, listen_port: int, admin_port: int, **extra: str) -> dict:

@@ -12,7 +12,9 @@ CHAT_PRICE = 5.00 / 1_000_000
 
 
 def client(gateway, api_key: str, **headers: str) -> OpenAI:
-    return OpenAI(base_url=f"{gateway.url}/v1", api_key=api_key, max_retries=0, default_headers=headers or None)
+    return OpenAI(
+        base_url=f"{gateway.url}/v1", api_key=api_key, max_retries=0, default_headers=headers or None
+    )
 
 
 def test_health_answers_without_a_key(gateway):
@@ -25,7 +27,8 @@ def test_health_answers_without_a_key(gateway):
 def test_chat_completion_is_metered(gateway, api_key):
     key_id, plaintext = api_key
     completion = client(gateway, plaintext).chat.completions.create(
-        model="gpt-oss-120b", messages=[{"role": "user", "content": "Say hello"}])
+        model="gpt-oss-120b", messages=[{"role": "user", "content": "Say hello"}]
+    )
     assert completion.choices[0].message.content == "Hello there! How can I help?"
 
     [row] = gateway.usage_rows(key_id)
@@ -47,7 +50,9 @@ def test_rate_limit_headers_on_success(gateway, api_key):
 def test_client_keys_never_reach_the_upstream(gateway, api_key):
     httpx.post(f"{gateway.url}/_fake/reset")  # an unknown path for the gateway: 404, not forwarded
     headers = {"authorization": f"Bearer {api_key[1]}", "x-api-key": api_key[1]}
-    r = httpx.post(f"{gateway.url}/v1/embeddings", headers=headers, json={"model": "qwen3-embedding-4b", "input": "x"})
+    r = httpx.post(
+        f"{gateway.url}/v1/embeddings", headers=headers, json={"model": "qwen3-embedding-4b", "input": "x"}
+    )
     assert r.status_code == 200
     forwarded = [q for q in gateway.upstream_requests() if q["path"] == "/v1/embeddings"][-1]
     assert "authorization" not in forwarded["headers"]
@@ -59,7 +64,8 @@ def test_stream_without_usage_request_gets_usage_recorded_and_hidden(gateway, ap
     """Privatemode's stream: cumulative usage in every chunk; the last one counts, not the sum."""
     key_id, plaintext = api_key
     stream = client(gateway, plaintext).chat.completions.create(
-        model="gpt-oss-120b", messages=[{"role": "user", "content": "hi"}], stream=True)
+        model="gpt-oss-120b", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
     chunks = list(stream)
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == "Hello there! How can I help?"
     assert all(c.choices for c in chunks), "the usage-only chunk the client did not ask for is removed"
@@ -75,7 +81,8 @@ def test_stream_from_plain_openai_server_asks_for_usage(gateway, api_key):
     """An upstream that sends usage only when asked: the gateway asks, and hides the answer."""
     key_id, plaintext = api_key
     stream = client(gateway, plaintext, **{"x-fake-scenario": "include-usage"}).chat.completions.create(
-        model="gpt-oss-120b", messages=[{"role": "user", "content": "hi"}], stream=True)
+        model="gpt-oss-120b", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
     chunks = list(stream)
     assert chunks and all(c.choices for c in chunks) and all(c.usage is None for c in chunks)
     [row] = gateway.usage_rows(key_id)
@@ -85,8 +92,11 @@ def test_stream_from_plain_openai_server_asks_for_usage(gateway, api_key):
 def test_stream_with_usage_requested_keeps_the_usage_chunk(gateway, api_key):
     key_id, plaintext = api_key
     stream = client(gateway, plaintext, **{"x-fake-scenario": "include-usage"}).chat.completions.create(
-        model="gpt-oss-120b", messages=[{"role": "user", "content": "hi"}], stream=True,
-        stream_options={"include_usage": True})
+        model="gpt-oss-120b",
+        messages=[{"role": "user", "content": "hi"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     chunks = list(stream)
     assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens == 29
     [row] = gateway.usage_rows(key_id)
@@ -129,29 +139,39 @@ def test_model_list(gateway, api_key):
 def test_anthropic_messages_with_x_api_key(gateway, api_key, stream):
     key_id, plaintext = api_key
     body = {"model": "gpt-oss-120b", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]}
-    r = httpx.post(f"{gateway.url}/v1/messages", headers={"x-api-key": plaintext}, json={**body, "stream": stream})
+    r = httpx.post(
+        f"{gateway.url}/v1/messages", headers={"x-api-key": plaintext}, json={**body, "stream": stream}
+    )
     assert r.status_code == 200
     [row] = gateway.usage_rows(key_id)
     assert (row.prompt_tokens, row.completion_tokens, row.streamed) == (25, 15, stream)
 
 
 def test_unstructured_route_is_forwarded(gateway, api_key):
-    r = httpx.post(f"{gateway.url}/unstructured/general/v0/general", headers={"authorization": f"Bearer {api_key[1]}"},
-                   files={"files": ("a.txt", b"hello")})
+    r = httpx.post(
+        f"{gateway.url}/unstructured/general/v0/general",
+        headers={"authorization": f"Bearer {api_key[1]}"},
+        files={"files": ("a.txt", b"hello")},
+    )
     assert r.status_code == 200 and r.json()[0]["type"] == "Title"
 
 
 def test_unknown_model_uses_the_default_price_and_is_flagged(gateway, api_key):
     key_id, plaintext = api_key
-    client(gateway, plaintext).chat.completions.create(model="brand-new-model", messages=[{"role": "user", "content": "x"}])
+    client(gateway, plaintext).chat.completions.create(
+        model="brand-new-model", messages=[{"role": "user", "content": "x"}]
+    )
     [row] = gateway.usage_rows(key_id)
     assert row.default_price and row.cost_eur == pytest.approx(29 * CHAT_PRICE)
 
 
 def test_upstream_errors_pass_through_and_are_counted(gateway, api_key):
     key_id, plaintext = api_key
-    r = httpx.post(f"{gateway.url}/v1/chat/completions", headers={"authorization": f"Bearer {plaintext}",
-                   "x-fake-scenario": "error"}, json={"model": "gpt-5", "messages": []})
+    r = httpx.post(
+        f"{gateway.url}/v1/chat/completions",
+        headers={"authorization": f"Bearer {plaintext}", "x-fake-scenario": "error"},
+        json={"model": "gpt-5", "messages": []},
+    )
     assert r.status_code == 400 and r.json()["error"]["message"] == "model not found: gpt-5"
     [row] = gateway.usage_rows(key_id)
     assert (row.status, row.cost_eur) == (400, 0)
@@ -159,7 +179,9 @@ def test_upstream_errors_pass_through_and_are_counted(gateway, api_key):
 
 def test_log_lines_carry_no_key_and_no_content(gateway, api_key):
     key_id, plaintext = api_key
-    client(gateway, plaintext).chat.completions.create(model="gpt-oss-120b", messages=[{"role": "user", "content": "secret prompt"}])
+    client(gateway, plaintext).chat.completions.create(
+        model="gpt-oss-120b", messages=[{"role": "user", "content": "secret prompt"}]
+    )
     gateway.usage_rows(key_id)
     log = gateway.proc.log()
     assert f"key={key_id}" in log

@@ -26,7 +26,9 @@ def assert_error(r: httpx.Response, status: int, code: str) -> dict:
 
 def chat(gateway, headers=None, **kwargs) -> httpx.Response:
     body = kwargs.pop("json", {"model": "gpt-oss-120b", "messages": [{"role": "user", "content": "hi"}]})
-    return httpx.post(f"{gateway.url}/v1/chat/completions", headers=headers or {}, json=body, timeout=15, **kwargs)
+    return httpx.post(
+        f"{gateway.url}/v1/chat/completions", headers=headers or {}, json=body, timeout=15, **kwargs
+    )
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -38,12 +40,15 @@ def test_no_key(gateway):
     assert error["type"] == "invalid_request_error"
 
 
-@pytest.mark.parametrize("headers", [
-    {"authorization": "Bearer pmg_wrong"},
-    {"x-api-key": "pmg_wrong"},
-    {"authorization": "Basic dXNlcjpwYXNz"},
-    {"authorization": "Bearer"},
-])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"authorization": "Bearer pmg_wrong"},
+        {"x-api-key": "pmg_wrong"},
+        {"authorization": "Basic dXNlcjpwYXNz"},
+        {"authorization": "Bearer"},
+    ],
+)
 def test_wrong_key(gateway, headers):
     assert_error(chat(gateway, headers), 401, "invalid_api_key")
 
@@ -80,16 +85,23 @@ def test_rotated_key_kills_the_old_secret(gateway):
 
 
 def test_malformed_json(gateway, api_key):
-    r = httpx.post(f"{gateway.url}/v1/chat/completions", headers={**bearer(api_key[1]), "content-type": "application/json"},
-                   content=b'{"model": "gpt-oss-120b", "messages": [')
+    r = httpx.post(
+        f"{gateway.url}/v1/chat/completions",
+        headers={**bearer(api_key[1]), "content-type": "application/json"},
+        content=b'{"model": "gpt-oss-120b", "messages": [',
+    )
     assert_error(r, 400, "invalid_json")
     r = httpx.post(f"{gateway.url}/v1/embeddings", headers=bearer(api_key[1]), json=["not", "an", "object"])
     assert_error(r, 400, "invalid_json")
 
 
 def test_oversized_body_with_content_length(gateway, api_key):
-    r = httpx.post(f"{gateway.url}/v1/audio/transcriptions", headers=bearer(api_key[1]),
-                   files={"file": ("big.mp3", b"\0" * (3 * 1024 * 1024))}, data={"model": "whisper-large-v3"})
+    r = httpx.post(
+        f"{gateway.url}/v1/audio/transcriptions",
+        headers=bearer(api_key[1]),
+        files={"file": ("big.mp3", b"\0" * (3 * 1024 * 1024))},
+        data={"model": "whisper-large-v3"},
+    )
     assert_error(r, 413, "request_too_large")
     assert not [q for q in gateway.upstream_requests() if q["body_length"] >= 3 * 1024 * 1024]
 
@@ -118,7 +130,9 @@ def test_unknown_path(gateway, api_key):
     for path in ("/v2/chat", "/v1/chat/completions/extra", "/admin/%2e%2e/v1/models", "/"):
         assert_error(httpx.get(f"{gateway.url}{path}", headers=bearer(api_key[1])), 404, "not_found")
     for path in (b"/v1/../admin/", b"/admin/../v1/models"):
-        head, body = raw_request(gateway.proc.port, b"GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % path)
+        head, body = raw_request(
+            gateway.proc.port, b"GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % path
+        )
         assert head.startswith(b"HTTP/1.1 404") and b'"code": "not_found"' in body
 
 

@@ -1,0 +1,69 @@
+"""Token buckets in isolation: refill, exactness, headers and bounded memory."""
+
+from __future__ import annotations
+
+import pytest
+
+from addons.limits import MAX_TRACKED_BUCKETS, Buckets, Limiter, Rule, TokenBucket, format_duration
+
+
+def test_bucket_refills_over_its_window():
+    bucket = TokenBucket(Rule(10, 60), now=0.0)
+    assert all(bucket.take(0.0) for _ in range(10))
+    assert not bucket.take(0.0)
+    assert bucket.retry_after() == pytest.approx(6.0)
+    assert bucket.take(6.0)
+    assert not bucket.take(6.0)
+    bucket.take(1000.0)
+    assert bucket.tokens == pytest.approx(9.0), "never more than the bucket holds"
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0.25, "250ms"), (0.0, "0ms"), (1, "1s"), (59.2, "1m0s"), (360, "6m0s"), (3723, "1h2m3s")],
+)
+def test_durations_read_like_openai(seconds, text):
+    assert format_duration(seconds) == text
+
+
+def test_key_limit_is_checked_before_the_global_one_and_refunds():
+    limiter = Limiter()
+    ip = limiter.check_ip("1.2.3.4", Rule(100, 60))
+    key_rule, global_rule = Rule(2, 60), Rule(3, 60)
+    assert limiter.check_key("a", key_rule, global_rule, ip).allowed
+    assert limiter.check_key("a", key_rule, global_rule, ip).allowed
+    refused = limiter.check_key("a", key_rule, global_rule, ip)
+    assert (refused.allowed, refused.scope) == (False, "key")
+    assert limiter.check_key("b", key_rule, global_rule, ip).allowed
+    refused = limiter.check_key("c", key_rule, global_rule, ip)
+    assert (refused.allowed, refused.scope) == (False, "global")
+    assert limiter.key.get("c", key_rule, 0).tokens == 2, (
+        "a request the global limit refused costs the key nothing"
+    )
+
+
+def test_headers_name_the_tightest_bucket():
+    limiter = Limiter()
+    ip = limiter.check_ip("1.2.3.4", Rule(100, 60))
+    verdict = limiter.check_key("a", Rule(5, 60), Rule(1000, 60), ip)
+    assert verdict.scope == "key"
+    assert verdict.headers()["x-ratelimit-limit-requests"] == "5"
+    assert verdict.headers()["x-ratelimit-remaining-requests"] == "4"
+    assert "retry-after" not in verdict.headers()
+
+
+def test_refusal_carries_retry_after():
+    limiter = Limiter()
+    rule = Rule(1, 30)
+    limiter.check_ip("1.2.3.4", rule)
+    refused = limiter.check_ip("1.2.3.4", rule)
+    assert not refused.allowed
+    assert refused.headers()["retry-after"] == "30"
+    assert int(refused.headers()["retry-after-ms"]) > 29_000
+
+
+def test_a_million_distinct_addresses_keep_memory_bounded():
+    buckets, rule = Buckets(), Rule(10, 60)
+    for i in range(1_000_000):
+        buckets.get(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}-{i}", rule, 0.0).take(0.0)
+    assert len(buckets) <= MAX_TRACKED_BUCKETS
