@@ -40,6 +40,7 @@ async def serve(s: config.Settings) -> int:
         gateway,
     )
     master.options.update(**mitmproxy_options(s))
+    await gateway.health.probe()  # so that /health is right from the first request
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -80,7 +80,8 @@ class Gateway:
     async def running(self) -> None:
         self.live.start()
         self.writer.start()
-        await self.health.probe()
+        if not self.health.checked_at:
+            await self.health.probe()
         self.health.start()
         if self.tls:
             ctx.options.update(certs=self.tls.option_value())

@@ -80,7 +80,8 @@ class LiveData:
         try:
             result = keys.import_keys_file(self.keys_file)
         except keys.KeysFileError as e:
-            log.error("API_KEYS_FILE not imported: %s", e)
+            # A warning, not an error: mitmproxy stops on errors logged during start-up.
+            log.warning("API_KEYS_FILE not imported: %s", e)
             return
         log.info("API_KEYS_FILE imported: %s", result)
 

@@ -30,6 +30,8 @@ class UsageWriter:
 
     def close(self, timeout: float = 10.0) -> None:
         """Write everything queued so far, then stop the thread."""
+        if not self._thread.is_alive():
+            return
         self._queue.put(None)
         self._thread.join(timeout)
         if self._thread.is_alive():

@@ -111,15 +111,15 @@ def start_fake_upstream(tmp: Path, port: int | None = None) -> Proc:
 
 
 def gateway_env(data_dir: Path, upstream_port: int, listen_port: int, admin_port: int, **extra: str) -> dict:
-    return base_env(
-        DATA_DIR=str(data_dir),
-        UPSTREAM_URL=f"http://127.0.0.1:{upstream_port}",
-        LISTEN_HOST="127.0.0.1",
-        LISTEN_PORT=str(listen_port),
-        ADMIN_PORT=str(admin_port),
-        API_KEYS_FILE=str(data_dir / "api_keys.json"),
-        **extra,
-    )
+    env = {
+        "DATA_DIR": str(data_dir),
+        "UPSTREAM_URL": f"http://127.0.0.1:{upstream_port}",
+        "LISTEN_HOST": "127.0.0.1",
+        "LISTEN_PORT": str(listen_port),
+        "ADMIN_PORT": str(admin_port),
+        "API_KEYS_FILE": str(data_dir / "api_keys.json"),
+    }
+    return base_env(**{**env, **extra})
 
 
 def start_gateway(data_dir: Path, upstream_port: int, admin_port: int | None = None, **extra: str) -> Proc:
