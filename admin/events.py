@@ -1,0 +1,16 @@
+"""Write the operator's actions to the audit log with the client's address. Never a key."""
+
+from __future__ import annotations
+
+from flask import request
+
+from storage import audit
+
+
+def client_addr() -> str:
+    # After ProxyFix this is the gateway's X-Forwarded-For: the real client.
+    return request.remote_addr or ""
+
+
+def record(action: str, detail: str = "") -> None:
+    audit.record(action, detail, client_addr())

@@ -1,0 +1,124 @@
+"""The settings tab: service status, rate limits, and the price table."""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
+from flask_login import login_required
+
+from admin import events, forms, state, status
+from storage import prices
+from storage import settings as limits_store
+from storage.settings import LIMIT_NAMES
+
+bp = Blueprint("settings", __name__, url_prefix="/admin")
+
+LIMIT_LABELS = {
+    "rate_limit_requests": ("Per key", "requests"),
+    "rate_limit_window": ("Per key", "window (seconds)"),
+    "ip_rate_limit_requests": ("Per client address", "requests"),
+    "ip_rate_limit_window": ("Per client address", "window (seconds)"),
+    "global_rate_limit_requests": ("Whole gateway", "requests"),
+    "global_rate_limit_window": ("Whole gateway", "window (seconds)"),
+}
+assert set(LIMIT_LABELS) == set(LIMIT_NAMES)
+LIMIT_GROUPS = (
+    ("Per key", "rate_limit_requests", "rate_limit_window",
+     "Default for every key; a key's own rate limit replaces the number of requests."),
+    ("Per client address", "ip_rate_limit_requests", "ip_rate_limit_window",
+     "Counts every request from one address, with or without a valid key."),
+    ("Whole gateway", "global_rate_limit_requests", "global_rate_limit_window",
+     "Keep it below Privatemode's own limit for your organisation."),
+)
+
+
+@bp.before_request
+@login_required
+def _require_login():
+    return None
+
+
+def _sev_snp() -> status.Check:
+    # The machine does not change while we run: look once.
+    cache = current_app.extensions.setdefault("admin_status", {})
+    if "sev_snp" not in cache:
+        cache["sev_snp"] = status.sev_snp_guest()
+    return cache["sev_snp"]
+
+
+@bp.get("/settings")
+def index():
+    s = state.gateway_settings()
+    checks = {
+        "upstream": status.upstream(s.upstream_url, current_app.config["ADMIN_PROBE_TIMEOUT"]),
+        "attestation": status.attestation(s.privatemode_log_file),
+        "sev_snp": _sev_snp(),
+    }
+    rows = sorted(prices.all_prices().values(), key=lambda p: (p.model == prices.DEFAULT_MODEL, p.model))
+    return render_template(
+        "settings.html",
+        checks=checks,
+        limits=state.limits(),
+        env_limits=state.env_limits(),
+        groups=LIMIT_GROUPS,
+        prices=rows,
+        price_labels=forms.PRICE_LABELS,
+        default_model=prices.DEFAULT_MODEL,
+    )
+
+
+@bp.post("/settings/limits")
+def save_limits():
+    current = state.limits()
+    wanted = {}
+    try:
+        for name in LIMIT_NAMES:
+            group, what = LIMIT_LABELS[name]
+            wanted[name] = forms.limit_value(f"{group}, {what}", request.form.get(name))
+    except ValueError as exc:
+        flash(str(exc), "error")
+        return redirect(url_for("settings.index") + "#limits")
+    changed = [name for name in LIMIT_NAMES if wanted[name] != getattr(current, name)]
+    for name in changed:
+        limits_store.set_limit(name, wanted[name])
+        events.record("limit.changed", f"{name}: {getattr(current, name)} -> {wanted[name]}")
+    if changed:
+        flash(f"Saved {len(changed)} limit(s); the gateway applies them within a second.", "success")
+    else:
+        flash("Nothing changed.", "info")
+    return redirect(url_for("settings.index") + "#limits")
+
+
+@bp.post("/settings/limits/reset")
+def reset_limits():
+    reset = [name for name in LIMIT_NAMES if limits_store.reset_limit(name)]
+    for name in reset:
+        events.record("limit.reset", f"{name}: back to the environment's {getattr(state.env_limits(), name)}")
+    flash("All limits are back to the environment's values." if reset else "Nothing to reset.",
+          "success" if reset else "info")
+    return redirect(url_for("settings.index") + "#limits")
+
+
+@bp.post("/settings/prices")
+def save_price():
+    try:
+        model = forms.model_name(request.form.get("model"))
+        if request.form.get("action") == "delete":
+            if model == prices.DEFAULT_MODEL:
+                raise ValueError("The default price (*) cannot be deleted, only changed.")
+            if prices.delete_price(model):
+                events.record("price.deleted", f"model={model}")
+                flash(f"Deleted the price of {model}; it now costs the default price.", "success")
+            return redirect(url_for("settings.index") + "#prices")
+        values = forms.price_fields(request.form)
+    except ValueError as exc:
+        flash(str(exc), "error")
+        return redirect(url_for("settings.index") + "#prices")
+    before = prices.all_prices().get(model)
+    if before is not None and all(getattr(before, n) == v for n, v in values.items()):
+        flash(f"Nothing changed for {model}.", "info")
+        return redirect(url_for("settings.index") + "#prices")
+    prices.set_price(model, **values)
+    detail = " ".join(f"{name}={value:g}" for name, value in values.items())
+    events.record("price.changed", f"model={model} {detail}" + ("" if before else " (new)"))
+    flash(f"Saved the price of {model}; new requests are charged with it.", "success")
+    return redirect(url_for("settings.index") + "#prices")
