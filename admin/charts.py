@@ -8,9 +8,9 @@ from datetime import date
 
 from markupsafe import Markup, escape
 
-WIDTH, HEIGHT = 720, 220
-LEFT, RIGHT, TOP, BOTTOM = 64, 12, 12, 28
-MAX_X_LABELS = 8
+WIDTH, HEIGHT = 480, 210
+LEFT, RIGHT, TOP, BOTTOM = 58, 8, 10, 26
+MAX_X_LABELS = 6
 
 
 def nice_step(top: float, ticks: int = 4) -> float:

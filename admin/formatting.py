@@ -33,6 +33,10 @@ def when(value: datetime | None) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M")
 
 
+def day_of(value: datetime | None) -> str:
+    return DASH if value is None else value.astimezone(UTC).date().isoformat()
+
+
 def day(value: date | None) -> str:
     return DASH if value is None else value.isoformat()
 
@@ -48,4 +52,6 @@ def eur_price(value: float) -> str:
 
 
 def init_app(app: Flask) -> None:
-    app.jinja_env.filters.update(eur=eur, count=count, when=when, day=day, price=price, eur_price=eur_price)
+    app.jinja_env.filters.update(
+        eur=eur, count=count, when=when, day=day, day_of=day_of, price=price, eur_price=eur_price
+    )

@@ -52,11 +52,11 @@ def limit_value(label: str, text: str | None) -> int:
 
 
 PRICE_LABELS = {
-    "input_per_mtok": "Input per 1M tokens",
-    "output_per_mtok": "Output per 1M tokens",
-    "cached_per_mtok": "Cached per 1M tokens",
-    "audio_per_mb": "Audio per MB",
-    "audio_per_minute": "Audio per minute",
+    "input_per_mtok": "Input / 1M tokens",
+    "output_per_mtok": "Output / 1M tokens",
+    "cached_per_mtok": "Cached / 1M tokens",
+    "audio_per_mb": "Audio / MB",
+    "audio_per_minute": "Audio / minute",
 }
 assert set(PRICE_LABELS) == set(PRICE_FIELDS)
 
