@@ -10,7 +10,7 @@ DASH = "—"
 
 
 def eur(value: float | None) -> str:
-    """Euros: two decimals, or up to six for the fractions of a cent single requests cost."""
+    """Euros: two decimals from one euro up, more below: single requests cost fractions of a cent."""
     if value is None:
         return DASH
     if value == 0:
@@ -18,6 +18,10 @@ def eur(value: float | None) -> str:
     if abs(value) < 0.01:
         text = f"{value:.6f}".rstrip("0")
         return "<€0.000001" if text.endswith(".") else "€" + text
+    if abs(value) < 1:
+        # Below a euro a rounded cent hides most of the figure: keep four decimals, at least two.
+        text = f"{value:.4f}".rstrip("0")
+        return "€" + (text if len(text.split(".")[1]) >= 2 else f"{value:.2f}")
     return f"€{value:,.2f}"
 
 
