@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # The gateway, its admin and privatemode-proxy in one image (docs/deploy-azure.md runs it).
 #
 #   docker build -t privatemode-gateway .
@@ -12,7 +11,7 @@ ARG PROXY_IMAGE=ghcr.io/edgelesssys/privatemode/privatemode-proxy:${PROXY_VERSIO
 ARG PYTHON_IMAGE=python:3.12-slim-bookworm
 
 # privatemode-proxy: a static Go binary (CGO off); /bin/privatemode-proxy is a symlink into
-# /nix/store in that image, and COPY follows it.
+# /nix/store in that image, and COPY (BuildKit: Docker 23+ with buildx) copies its target.
 FROM ${PROXY_IMAGE} AS privatemode
 
 # The Python dependencies, in a virtual environment that the runtime stage copies whole.
@@ -37,6 +36,8 @@ RUN groupadd --system --gid "${UID}" gateway \
        --shell /usr/sbin/nologin gateway
 
 COPY --from=privatemode /bin/privatemode-proxy /usr/local/bin/privatemode-proxy
+# Fails the build if the copy left a dangling symlink or a binary that does not run here.
+RUN ["/usr/local/bin/privatemode-proxy", "--version"]
 COPY --from=build /opt/venv /opt/venv
 
 WORKDIR /app
