@@ -42,7 +42,8 @@ def _edit_page(key: ApiKey, form=None):
 
 def _show_once(key: ApiKey, plaintext: str, rotated: bool):
     # Rendered straight from the POST, never stored or redirected: the key exists only in this response.
-    return render_template("keys/created.html", key=key, plaintext=plaintext, rotated=rotated)
+    return render_template("keys/created.html", key=key, plaintext=plaintext, rotated=rotated,
+                           limits=state.limits())
 
 
 @bp.get("/keys")
