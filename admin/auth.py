@@ -19,7 +19,7 @@ from flask import (
     session,
     url_for,
 )
-from flask_login import LoginManager, UserMixin, login_required, login_user, logout_user
+from flask_login import LoginManager, UserMixin, current_user, login_required, login_user, logout_user
 
 from admin import events
 from admin.lockout import Lockout
@@ -61,7 +61,9 @@ def init_app(app: Flask, password: str, sessions: SessionRegistry, lockout: Lock
     login_manager.login_view = "auth.login"
     # The login page explains itself; an expired session gets its own message above.
     login_manager.login_message = None
-    login_manager.session_protection = "strong"
+    # Our sessions are permanent, for which flask-login's "strong" mode acts like "basic" anyway;
+    # what ends a stolen session here is the server-side list, logout and the idle timeout.
+    login_manager.session_protection = "basic"
     app.before_request(_expire_idle_session)
     app.register_blueprint(bp)
 
@@ -100,6 +102,8 @@ def _safe_next(target: str | None) -> str:
 @bp.route("/login", methods=["GET", "POST"])
 def login():
     if request.method == "GET":
+        if current_user.is_authenticated:
+            return redirect(_safe_next(request.args.get("next")))
         return render_template("login.html", next=request.args.get("next", ""))
     addr = events.client_addr()
     auth = state()

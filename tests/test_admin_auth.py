@@ -39,6 +39,11 @@ def test_login_page_has_a_password_form(client):
     assert 'type="password"' in r.text and 'name="csrf_token"' in r.text
 
 
+def test_login_page_when_logged_in_leads_on(client, logged_in):
+    r = client.get("/admin/login?next=/admin/usage")
+    assert (r.status_code, r.headers["Location"]) == (302, "/admin/usage")
+
+
 def test_login_and_audit(client, auth):
     r = auth.login(addr="203.0.113.7")
     assert (r.status_code, r.headers["Location"]) == (302, "/admin/keys")
@@ -114,7 +119,7 @@ def test_a_second_login_gets_another_session_id(client, auth):
     auth.login()
     with client.session_transaction("/admin/keys") as s:
         first = s["sid"]
-    auth.login()
+    client.post("/admin/login", data={"csrf_token": auth.token(), "password": PASSWORD})
     with client.session_transaction("/admin/keys") as s:
         assert s["sid"] != first
 
