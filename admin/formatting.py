@@ -19,9 +19,8 @@ def eur(value: float | None) -> str:
         text = f"{value:.6f}".rstrip("0")
         return "<€0.000001" if text.endswith(".") else "€" + text
     if abs(value) < 1:
-        # Below a euro a rounded cent hides most of the figure: keep four decimals, at least two.
-        text = f"{value:.4f}".rstrip("0")
-        return "€" + (text if len(text.split(".")[1]) >= 2 else f"{value:.2f}")
+        # Below a euro a rounded cent hides most of the figure; four places line up in a column.
+        return f"€{value:.4f}"
     return f"€{value:,.2f}"
 
 

@@ -37,10 +37,10 @@ def expiry(text: str | None, now: datetime) -> datetime | None:
     try:
         chosen = date.fromisoformat(text)
     except ValueError:
-        raise ValueError("Expires: enter a date like 2026-12-31, or leave it empty.") from None
+        raise ValueError("Valid until: enter a date like 2026-12-31, or leave it empty.") from None
     end_of_day = datetime.combine(chosen, time(23, 59, 59), tzinfo=UTC)
     if end_of_day <= now:
-        raise ValueError("Expires: choose today or a later date.")
+        raise ValueError("Valid until: choose today or a later date.")
     return end_of_day
 
 

@@ -56,8 +56,8 @@ def test_create_with_expiry_and_rate_limit(client, logged_in):
         ({"name": "x" * 101}, "at most 100"),
         ({"name": "k", "rate_limit": "0"}, "Rate limit: enter a whole number"),
         ({"name": "k", "rate_limit": "ten"}, "Rate limit: enter a whole number"),
-        ({"name": "k", "expires": "2020-01-01"}, "Expires: choose today or a later date"),
-        ({"name": "k", "expires": "31.12.2030"}, "Expires: enter a date"),
+        ({"name": "k", "expires": "2020-01-01"}, "Valid until: choose today or a later date"),
+        ({"name": "k", "expires": "31.12.2030"}, "Valid until: enter a date"),
     ],
 )
 def test_create_refuses_bad_input(client, logged_in, form, message):
