@@ -101,11 +101,26 @@ def attestation(log_file: Path) -> Check:
 SEV_GUEST_DEVICE = Path("/dev/sev-guest")
 SEV_SYSFS = Path("/sys/devices/system/cpu/sev")
 KMSG = Path("/dev/kmsg")
+# KVM guests: the kernel names SEV-SNP itself.
 SNP_KERNEL_LINE = re.compile(r"Memory Encryption Features active:.*SEV-SNP")
+# Azure and other Hyper-V guests run SNP under a paravisor: the kernel says only "AMD SEV", but
+# the isolation type in the low four bits of Group B is 2 (HV_ISOLATION_TYPE_SNP).
+HYPERV_ISOLATION = re.compile(r"Hyper-V: Isolation Config: Group A 0x[0-9a-fA-F]+, Group B (0x[0-9a-fA-F]+)")
+HV_ISOLATION_TYPE_SNP = 2
 
 
-def _kernel_log_says_snp(kmsg: Path) -> bool | None:
-    """True if the kernel reported SEV-SNP at boot; None when its log cannot be read."""
+def snp_in_kernel_line(line: str) -> str | None:
+    """What a kernel log line tells about SEV-SNP, or None."""
+    if SNP_KERNEL_LINE.search(line):
+        return "the kernel log reports SEV-SNP memory encryption"
+    match = HYPERV_ISOLATION.search(line)
+    if match and int(match.group(1), 16) & 0xF == HV_ISOLATION_TYPE_SNP:
+        return "the kernel log reports Hyper-V SNP isolation (Azure confidential VM)"
+    return None
+
+
+def _kernel_log_says_snp(kmsg: Path) -> str | bool | None:
+    """The evidence if the kernel reported SEV-SNP at boot, False if not, None if its log is unreadable."""
     try:
         fd = os.open(kmsg, os.O_RDONLY | os.O_NONBLOCK)
     except OSError:
@@ -120,8 +135,9 @@ def _kernel_log_says_snp(kmsg: Path) -> bool | None:
                 continue  # records were overwritten while reading: go on with the next
             if not record:
                 return False
-            if SNP_KERNEL_LINE.search(record.decode("utf-8", "replace")):
-                return True
+            found = snp_in_kernel_line(record.decode("utf-8", "replace"))
+            if found:
+                return found
     except OSError:
         return None
     finally:
@@ -142,8 +158,12 @@ def _systemd_says_snp() -> bool | None:
 
 
 def sev_snp_guest(device: Path = SEV_GUEST_DEVICE, sysfs: Path = SEV_SYSFS, kmsg: Path = KMSG) -> Check:
-    """Whether this machine runs as an AMD SEV-SNP guest, with the evidence found or the places looked."""
-    evidence, looked = [], []
+    """Whether this machine runs as an AMD SEV-SNP guest, with the evidence found or the places looked.
+
+    "cannot tell" when no source could be read at all, as inside a container without the kernel
+    log or the guest device: that is not evidence either way.
+    """
+    evidence, looked, readable = [], [], False
     if device.exists():
         evidence.append(f"{device} exists (sev-guest driver)")
     else:
@@ -152,14 +172,21 @@ def sev_snp_guest(device: Path = SEV_GUEST_DEVICE, sysfs: Path = SEV_SYSFS, kmsg
         evidence.append(f"{sysfs} exists (SNP guest kernel)")
     kernel = _kernel_log_says_snp(kmsg)
     if kernel:
-        evidence.append("the kernel log reports SEV-SNP memory encryption")
+        evidence.append(kernel)
+    elif kernel is False:
+        readable = True
+        looked.append("kernel log: no SEV-SNP line")
     else:
-        looked.append("kernel log: no SEV-SNP line" if kernel is False else "kernel log not readable")
+        looked.append("kernel log not readable")
     systemd = _systemd_says_snp()
     if systemd:
         evidence.append("systemd-detect-virt --cvm says sev-snp")
     elif systemd is False:
+        readable = True
         looked.append("systemd-detect-virt --cvm: not sev-snp")
     if evidence:
         return Check(True, "detected", "; ".join(evidence))
+    if not readable:
+        return Check(None, "cannot tell from here",
+                     "; ".join(looked) + ". Check on the VM itself: systemd-detect-virt --cvm")
     return Check(False, "not detected", "; ".join(looked))

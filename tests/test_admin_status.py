@@ -91,11 +91,37 @@ def test_attestation_reads_only_the_tail_of_a_big_log(tmp_path):
     assert status.attestation(log).ok is True
 
 
-def test_sev_snp_not_detected_here(tmp_path):
+def test_sev_snp_not_detected_in_a_readable_kernel_log(tmp_path, monkeypatch):
+    kmsg = tmp_path / "kmsg"
+    kmsg.write_text("6,1,2,-;Memory Encryption Features active: AMD SME\n")
+    monkeypatch.setattr(status, "_systemd_says_snp", lambda: None)
+    check = status.sev_snp_guest(device=tmp_path / "sev-guest", sysfs=tmp_path / "sev", kmsg=kmsg)
+    assert (check.ok, check.summary) == (False, "not detected")
+    assert "kernel log: no SEV-SNP line" in check.detail
+
+
+def test_sev_snp_cannot_tell_when_nothing_is_readable(tmp_path, monkeypatch):
+    """Inside a container: no kernel log, no guest device. That is no evidence either way."""
+    monkeypatch.setattr(status, "_systemd_says_snp", lambda: None)
     check = status.sev_snp_guest(device=tmp_path / "sev-guest", sysfs=tmp_path / "sev",
                                  kmsg=tmp_path / "kmsg")
-    assert (check.ok, check.summary) == (False, "not detected")
-    assert "no " in check.detail and "kernel log not readable" in check.detail
+    assert (check.ok, check.summary) == (None, "cannot tell from here")
+    assert "kernel log not readable" in check.detail and "systemd-detect-virt --cvm" in check.detail
+
+
+@pytest.mark.parametrize(
+    "line, found",
+    [
+        ("Memory Encryption Features active: AMD SEV SEV-ES SEV-SNP", "SEV-SNP memory encryption"),
+        ("Hyper-V: Isolation Config: Group A 0x1, Group B 0xba2", "Hyper-V SNP isolation"),
+        ("Hyper-V: Isolation Config: Group A 0x1, Group B 0xba1", None),  # VBS isolation
+        ("Hyper-V: Isolation Config: Group A 0x0, Group B 0x0", None),
+        ("Memory Encryption Features active: AMD SEV", None),
+    ],
+)
+def test_kernel_lines(line, found):
+    result = status.snp_in_kernel_line(line)
+    assert (found in result) if found else result is None
 
 
 def test_sev_snp_detected_by_the_guest_device(tmp_path):
@@ -116,5 +142,5 @@ def test_sev_snp_detected_by_the_kernel_log(tmp_path, monkeypatch):
 
 def test_sev_snp_on_this_machine_is_reported_honestly():
     check = status.sev_snp_guest()
-    assert check.summary in ("detected", "not detected")
+    assert check.summary in ("detected", "not detected", "cannot tell from here")
     assert check.detail
