@@ -64,9 +64,15 @@ async def serve(s: config.Settings) -> int:
 
 
 def main() -> int:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    logging.getLogger().handlers[0].setFormatter(formatter)
+    # mitmproxy turns every record that reaches the root logger into a hook call on every addon;
+    # our per-request lines go straight to stderr instead.
+    ours = logging.StreamHandler(sys.stderr)
+    ours.setFormatter(formatter)
+    log.addHandler(ours)
+    log.propagate = False
     logging.getLogger("mitmproxy").setLevel(logging.WARNING)
     try:
         settings = config.load()

@@ -85,7 +85,7 @@ def answer_with_timeout(client_id: str, server_conn, body: bytes) -> bool:
     reader = getattr(transport, "reader", None)
     if not isinstance(reader, asyncio.StreamReader) or reader.at_eof():
         return False
-    response = http.Response.make(504, body, {**JSON_HEADERS, "connection": "close", "x-gateway-error": "1"})
+    response = http.Response.make(504, body, {**JSON_HEADERS, "connection": "close"})
     reader.feed_data(http1.assemble_response(response))
     reader.feed_eof()
     return True

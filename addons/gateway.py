@@ -139,8 +139,6 @@ class Gateway:
         if info.timer:
             info.timer.cancel()
         response = flow.response
-        response.headers.pop("server", None)
-        response.headers.pop("x-gateway-error", None)
         if info.route.kind is routes.Kind.ADMIN:
             response.stream = True
             return

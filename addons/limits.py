@@ -111,7 +111,7 @@ class Limiter:
     def __init__(self) -> None:
         self.ip = Buckets()
         self.key = Buckets()
-        self.global_ = Buckets()
+        self._global: tuple[Rule, TokenBucket] | None = None
 
     def check_ip(self, ip: str, rule: Rule) -> Verdict:
         now = time.monotonic()
@@ -124,7 +124,9 @@ class Limiter:
         key_bucket = self.key.get(key_id, key_rule, now)
         if not key_bucket.take(now):
             return Verdict(False, "key", key_bucket)
-        global_bucket = self.global_.get("all", global_rule, now)
+        if self._global is None or self._global[0] != global_rule:
+            self._global = (global_rule, TokenBucket(global_rule, now))
+        global_bucket = self._global[1]
         if not global_bucket.take(now):
             key_bucket.tokens += 1  # not spent: the request was refused
             return Verdict(False, "global", global_bucket)

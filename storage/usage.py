@@ -82,24 +82,36 @@ def _rollup(records: Iterable[UsageRecord]) -> tuple[dict, dict]:
     return daily, last_used
 
 
+def _usage_insert() -> tuple[str, list]:
+    """One INSERT for executemany, and each column's conversion: peewee's insert_many builds the
+    SQL in Python for every row, which costs the gateway's event loop GIL time under load."""
+    fields_ = [Usage._meta.fields[name] for name in _RECORD_FIELDS]
+    columns = ", ".join(f'"{f.column_name}"' for f in fields_)
+    marks = ", ".join("?" for _ in fields_)
+    return f'INSERT INTO "{Usage._meta.table_name}" ({columns}) VALUES ({marks})', [
+        f.db_value for f in fields_
+    ]
+
+
 def record_batch(records: list[UsageRecord]) -> None:
     """Store usage rows, add them to the daily rollup and set last_used_at, in one transaction."""
     if not records:
         return
     daily, last_used = _rollup(records)
-    usage_fields = [getattr(Usage, name) for name in _RECORD_FIELDS]
-    usage_rows = [
-        tuple((r.model or "") if name == "model" else getattr(r, name) for name in _RECORD_FIELDS)
-        for r in records
-    ]
+    insert, converters = _usage_insert()
+    model_at = _RECORD_FIELDS.index("model")
+    usage_rows = []
+    for r in records:
+        values = [convert(getattr(r, name)) for convert, name in zip(converters, _RECORD_FIELDS, strict=True)]
+        values[model_at] = values[model_at] or ""
+        usage_rows.append(values)
     daily_fields = [DailyUsage.day, DailyUsage.key_id, DailyUsage.model] + [
         getattr(DailyUsage, name) for name in _SUMS
     ]
     daily_rows = [(*group, *sums) for group, sums in daily.items()]
     add_up = {getattr(DailyUsage, n): getattr(DailyUsage, n) + getattr(EXCLUDED, n) for n in _SUMS}
     with database.atomic():
-        for chunk in chunked(usage_rows, _CHUNK):
-            Usage.insert_many(chunk, fields=usage_fields).execute()
+        database.cursor().executemany(insert, usage_rows)
         for chunk in chunked(daily_rows, _CHUNK):
             DailyUsage.insert_many(chunk, fields=daily_fields).on_conflict(
                 conflict_target=[DailyUsage.day, DailyUsage.key_id, DailyUsage.model],
