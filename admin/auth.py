@@ -19,7 +19,7 @@ from flask import (
     session,
     url_for,
 )
-from flask_login import LoginManager, UserMixin, current_user, login_required, login_user, logout_user
+from flask_login import LoginManager, UserMixin, current_user, login_user, logout_user
 
 from admin import events
 from admin.lockout import Lockout
@@ -65,6 +65,7 @@ def init_app(app: Flask, password: str, sessions: SessionRegistry, lockout: Lock
     # what ends a stolen session here is the server-side list, logout and the idle timeout.
     login_manager.session_protection = "basic"
     app.before_request(_expire_idle_session)
+    app.before_request(_require_login)
     app.register_blueprint(bp)
 
 
@@ -86,6 +87,16 @@ def _expire_idle_session() -> None:
         flash("Your session expired. Please log in again.", "info")
         return
     session["seen"] = now
+
+
+# Everything else needs the operator logged in: one check here, not one per view.
+PUBLIC_ENDPOINTS = frozenset({"auth.login", "static"})
+
+
+def _require_login():
+    if request.endpoint in PUBLIC_ENDPOINTS or current_user.is_authenticated:
+        return None
+    return login_manager.unauthorized()
 
 
 def _safe_next(target: str | None) -> str:
@@ -134,7 +145,6 @@ def login():
 
 
 @bp.route("/logout", methods=["POST"])
-@login_required
 def logout():
     state().sessions.end(session.get("sid"))
     logout_user()

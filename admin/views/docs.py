@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from flask import Blueprint, render_template, request
-from flask_login import login_required
 
 from storage import prices
 
@@ -35,12 +34,6 @@ CURL_AUDIO_EXAMPLE = '''curl {base_url}/audio/transcriptions \\
   -H "Authorization: Bearer $API_KEY" \\
   -F model=whisper-large-v3 \\
   -F file=@meeting.mp3'''
-
-
-@bp.before_request
-@login_required
-def _require_login():
-    return None
 
 
 def base_url() -> str:

