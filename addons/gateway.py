@@ -23,12 +23,13 @@ if _ROOT not in sys.path:
 
 from addons import engine, errors, routes  # noqa: E402
 from addons.health import Health  # noqa: E402
-from addons.limits import Limiter, Rule, Verdict  # noqa: E402
+from addons.limits import Limiter, Verdict  # noqa: E402
 from addons.live import LiveData  # noqa: E402
-from addons.metering import META, RequestInfo, make_record  # noqa: E402
+from addons.metering import META, RequestInfo, finished  # noqa: E402
 from addons.sse import SseUsageTap  # noqa: E402
+from addons.timeouts import UpstreamTimeouts  # noqa: E402
 from addons.tls import CHECK_SECONDS, CertificateBundle  # noqa: E402
-from addons.usage import usage_from_json_body  # noqa: E402
+from addons.usage import json_object, model_from_object, usage_from_object  # noqa: E402
 from addons.writer import UsageWriter  # noqa: E402
 from storage import config, db  # noqa: E402
 from storage.settings import Limits  # noqa: E402
@@ -62,7 +63,8 @@ class Gateway:
             global_rate_limit_window=s.global_rate_limit_window,
         )
         self.live = LiveData(defaults, s.api_keys_file)
-        self.writer = UsageWriter()
+        self.writer = UsageWriter(lambda: self.live.snapshot.prices)
+        self.timeouts = UpstreamTimeouts(s.upstream_timeout)
         self.health = Health(s.upstream_address)
         engine.install(
             lambda status, message: errors.engine_error(
@@ -83,6 +85,7 @@ class Gateway:
         if not self.health.checked_at:
             await self.health.probe()
         self.health.start()
+        self.timeouts.start()
         if self.tls:
             ctx.options.update(certs=self.tls.option_value())
             self._tls_task = asyncio.get_running_loop().create_task(self._watch_certificate())
@@ -91,6 +94,7 @@ class Gateway:
         """Flush every queued usage row: a graceful stop loses none."""
         if self.health:
             self.health.stop()
+            self.timeouts.stop()
         if self._tls_task:
             self._tls_task.cancel()
         if self.live:
@@ -136,8 +140,7 @@ class Gateway:
         info: RequestInfo | None = flow.metadata.get(META)
         if info is None:
             return
-        if info.timer:
-            info.timer.cancel()
+        self.timeouts.forget(flow)
         response = flow.response
         if info.route.kind is routes.Kind.ADMIN:
             response.stream = True
@@ -157,8 +160,9 @@ class Gateway:
             usage, model, complete = info.tap.usage, info.tap.model or info.model, info.tap.saw_done
             complete = complete or info.route.endpoint == "/v1/messages" or status >= 400
         elif info.admitted and not flow.response.stream:
-            usage, complete = usage_from_json_body(flow.response.content or b""), True
-            model = info.model or _model_from(flow.response.content)
+            body = json_object(flow.response.content)
+            usage, complete = usage_from_object(body), True
+            model = info.model or model_from_object(body)
         else:
             usage, model, complete = None, info.model, True
         self._finish(flow, info, status, usage, model, complete)
@@ -167,8 +171,7 @@ class Gateway:
         info: RequestInfo | None = flow.metadata.get(META)
         if info is None or info.finished:
             return
-        if info.timer:
-            info.timer.cancel()
+        self.timeouts.forget(flow)
         status = flow.response.status_code if flow.response else 502
         usage = info.tap.usage if info.tap else None
         model = (info.tap.model if info.tap else None) or info.model
@@ -194,10 +197,7 @@ class Gateway:
                 403, "HTTPS required.", "invalid_request_error", "https_required"
             )
             return
-        limits = snapshot.limits
-        ip_verdict = self.limiter.check_ip(
-            info.client_ip, Rule(limits.ip_rate_limit_requests, limits.ip_rate_limit_window)
-        )
+        ip_verdict = self.limiter.check_ip(info.client_ip, snapshot.ip_rule)
         if not ip_verdict.allowed:
             flow.response = _too_many(ip_verdict)
             return
@@ -224,9 +224,7 @@ class Gateway:
             return
         info.key_id = entry.key_id
 
-        key_rule = Rule(entry.rate_limit or limits.rate_limit_requests, limits.rate_limit_window)
-        global_rule = Rule(limits.global_rate_limit_requests, limits.global_rate_limit_window)
-        verdict = self.limiter.check_key(entry.key_id, key_rule, global_rule, ip_verdict)
+        verdict = self.limiter.check_key(entry.key_id, entry.rule, snapshot.global_rule, ip_verdict)
         if not verdict.allowed:
             flow.response = _too_many(verdict)
             return
@@ -240,7 +238,7 @@ class Gateway:
         info.admitted = True
         if info.route.stream_upload:
             request.stream = info.count_upload
-            self._start_timer(flow, info)
+            self.timeouts.watch(flow)
 
     def _client_ip(self, flow: http.HTTPFlow) -> str:
         peer = flow.client_conn.peername[0] if flow.client_conn.peername else ""
@@ -294,52 +292,33 @@ class Gateway:
                     }
                     request.content = json.dumps(body).encode()
                     info.strip_usage_chunk = True
-        self._start_timer(flow, info)
-
-    def _start_timer(self, flow: http.HTTPFlow, info: RequestInfo) -> None:
-        if info.timer is None:
-            info.timer = asyncio.get_running_loop().call_later(
-                self.settings.upstream_timeout, self._upstream_timed_out, flow
-            )
-
-    def _upstream_timed_out(self, flow: http.HTTPFlow) -> None:
-        if flow.response is None and flow.live:
-            body = errors.error_body(
-                "The upstream did not answer in time.", "server_error", "upstream_timeout"
-            )
-            if not engine.answer_with_timeout(flow.client_conn.id, flow.server_conn, body):
-                flow.kill()
+        self.timeouts.watch(flow)
 
     # -- the end of every request ----------------------------------------------------------
 
     def _finish(self, flow, info: RequestInfo, status, usage, model, complete: bool) -> None:
         info.finished = True
         self.in_flight -= 1
-        if info.key_id and info.route.kind is routes.Kind.API:
-            record = make_record(info, status, usage, model, complete, self.live.snapshot.prices)
-            self.writer.put(record)
-        tokens = usage.total_tokens if usage else 0
-        log.info(
-            "%s %s %s key=%s model=%s tokens=%d %dms%s",
-            flow.request.method,
-            info.route.endpoint or "-",
-            status,
-            info.key_id or "-",
-            model or "-",
-            tokens,
-            info.duration_ms(),
-            "" if complete else " interrupted",
-        )
+        metered = bool(info.key_id) and info.route.kind is routes.Kind.API
+        self.writer.put(finished(info, flow.request.method, status, usage, model, complete, metered))
 
 
 def _take_key(request: http.Request) -> str | None:
     """The presented key, removed from the request in every case: it never goes upstream."""
-    authorization = request.headers.pop("authorization", "")
-    api_key = request.headers.pop("x-api-key", "")
-    scheme, _, token = authorization.partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    return api_key.strip() or None
+    kept, authorization, api_key = [], b"", b""
+    for name, value in request.headers.fields:  # one pass over the raw headers
+        lowered = name.lower()
+        if lowered == b"authorization":
+            authorization = value
+        elif lowered == b"x-api-key":
+            api_key = value
+        else:
+            kept.append((name, value))
+    if authorization or api_key:
+        request.headers.fields = tuple(kept)
+    scheme, _, token = authorization.partition(b" ")
+    presented = token.strip() if scheme.lower() == b"bearer" else api_key.strip()
+    return presented.decode("latin-1") or None
 
 
 def _too_many(verdict: Verdict) -> http.Response:
@@ -352,16 +331,6 @@ def _too_many(verdict: Verdict) -> http.Response:
         "rate_limit_exceeded",
         headers,
     )
-
-
-def _model_from(content: bytes | None) -> str | None:
-    if not content or b'"model"' not in content:
-        return None
-    try:
-        model = json.loads(content).get("model")
-    except (ValueError, AttributeError):
-        return None
-    return model if isinstance(model, str) else None
 
 
 addons = [Gateway()]

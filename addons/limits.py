@@ -25,12 +25,13 @@ class Rule:
 class TokenBucket:
     """`rule.requests` tokens, refilled continuously over `rule.window` seconds."""
 
-    __slots__ = ("rule", "tokens", "stamp")
+    __slots__ = ("rule", "tokens", "stamp", "kept")
 
     def __init__(self, rule: Rule, now: float) -> None:
         self.rule = rule
         self.tokens = float(rule.requests)
         self.stamp = now
+        self.kept = now  # when its cache entry's time to live last started
 
     def _refill(self, now: float) -> None:
         self.tokens = min(self.rule.requests, self.tokens + (now - self.stamp) * self.rule.rate)
@@ -93,12 +94,17 @@ class Buckets:
         if cache is None:
             # One cache per rule: keys have rules of their own, and a rule changed live by the
             # admin starts with full buckets. Caches of rules no longer used empty out by TTL.
-            cache = self._buckets[rule] = TTLCache(MAX_TRACKED_BUCKETS, ttl=rule.window, timer=time.monotonic)
+            # Entries live two windows and are renewed once a window: an entry is only dropped
+            # a full window after its last use, when its bucket is full again anyway.
+            cache = self._buckets[rule] = TTLCache(
+                MAX_TRACKED_BUCKETS, ttl=2 * rule.window, timer=time.monotonic
+            )
         bucket = cache.get(name)
         if bucket is None:
             bucket = cache[name] = TokenBucket(rule, now)
-        else:
-            cache[name] = bucket  # refresh the TTL: it counts from the last use
+        elif now - bucket.kept > rule.window:
+            cache[name] = bucket
+            bucket.kept = now
         return bucket
 
     def __len__(self) -> int:
@@ -130,5 +136,8 @@ class Limiter:
         if not global_bucket.take(now):
             key_bucket.tokens += 1  # not spent: the request was refused
             return Verdict(False, "global", global_bucket)
-        verdicts = (Verdict(True, "key", key_bucket), Verdict(True, "global", global_bucket), ip_verdict)
-        return min(verdicts, key=lambda v: v.bucket.tokens)
+        if ip_verdict.bucket.tokens < min(key_bucket.tokens, global_bucket.tokens):
+            return ip_verdict
+        if global_bucket.tokens < key_bucket.tokens:
+            return Verdict(True, "global", global_bucket)
+        return Verdict(True, "key", key_bucket)

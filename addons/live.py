@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from addons.limits import Rule
 from storage import db, keys, prices, settings
 
 log = logging.getLogger("gateway.live")
@@ -25,23 +26,35 @@ class KeyEntry:
     key_id: str
     enabled: bool
     expires_at: datetime | None
-    rate_limit: int | None
+    rule: Rule  # the key's own limit, or the default per-key limit
 
 
 @dataclass(frozen=True)
 class Snapshot:
     keys_by_hash: dict[str, KeyEntry]
-    limits: settings.Limits
+    ip_rule: Rule
+    global_rule: Rule
     prices: dict[str, prices.PriceRow]
     revision: int
 
 
 def load_snapshot(default_limits: settings.Limits) -> Snapshot:
     revision = db.revision()
+    limits = settings.load_limits(default_limits)
+    window = limits.rate_limit_window
     entries = {
-        k.key_hash: KeyEntry(k.key_id, k.enabled, k.expires_at, k.rate_limit) for k in keys.list_keys()
+        k.key_hash: KeyEntry(
+            k.key_id, k.enabled, k.expires_at, Rule(k.rate_limit or limits.rate_limit_requests, window)
+        )
+        for k in keys.list_keys()
     }
-    return Snapshot(entries, settings.load_limits(default_limits), prices.all_prices(), revision)
+    return Snapshot(
+        entries,
+        Rule(limits.ip_rate_limit_requests, limits.ip_rate_limit_window),
+        Rule(limits.global_rate_limit_requests, limits.global_rate_limit_window),
+        prices.all_prices(),
+        revision,
+    )
 
 
 class LiveData:

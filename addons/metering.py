@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 from addons.limits import Verdict
 from addons.routes import Route
@@ -21,7 +21,7 @@ MULTIPART_MODEL = re.compile(rb'name="model"\r\n(?:[^\r\n]*\r\n)*?\r\n([^\r\n]{1
 MULTIPART_HEAD_BYTES = 64 * 1024
 
 
-@dataclass
+@dataclass(slots=True)
 class RequestInfo:
     route: Route
     client_ip: str
@@ -33,7 +33,6 @@ class RequestInfo:
     request_bytes: int = 0
     strip_usage_chunk: bool = False
     tap: SseUsageTap | None = None
-    timer: asyncio.TimerHandle | None = None
     finished: bool = False
     _upload_head: bytes = b""
 
@@ -53,43 +52,81 @@ class RequestInfo:
         return round((time.monotonic() - self.started) * 1000)
 
 
-def make_record(
-    info: RequestInfo,
-    status: int,
-    usage: Usage | None,
-    model: str | None,
-    complete: bool,
-    price_table: dict[str, prices.PriceRow],
-) -> UsageRecord:
-    usage = usage or Usage()
-    is_audio = info.route.endpoint == "/v1/audio/transcriptions"
-    price, is_default = prices.price_for(price_table, model or "")
+class Finished(NamedTuple):
+    """One request's end, as the event loop hands it to the writer thread: numbers, no content."""
+
+    ts: float
+    method: str
+    endpoint: str
+    key_id: str
+    status: int
+    usage: Usage | None
+    model: str | None
+    complete: bool
+    streamed: bool
+    request_bytes: int
+    duration_ms: int
+    metered: bool  # an API request with a known key: it gets a usage row
+
+
+def finished(
+    info: RequestInfo, method: str, status: int, usage, model, complete: bool, metered: bool
+) -> Finished:
+    return Finished(
+        time.time(),
+        method,
+        info.route.endpoint or "-",
+        info.key_id or "",
+        status,
+        usage,
+        model,
+        complete,
+        info.tap is not None,
+        info.request_bytes,
+        round((time.monotonic() - info.started) * 1000),
+        metered,
+    )
+
+
+def make_record(f: Finished, price_table: dict[str, prices.PriceRow]) -> UsageRecord:
+    usage = f.usage or Usage()
+    price, is_default = prices.price_for(price_table, f.model or "")
     cost = prices.cost_eur(
         price,
         prompt_tokens=usage.prompt_tokens,
         completion_tokens=usage.completion_tokens,
         cached_tokens=usage.cached_tokens,
-        request_bytes=info.request_bytes,
+        request_bytes=f.request_bytes,
         audio_seconds=usage.audio_seconds,
-        is_audio=is_audio,
+        is_audio=f.endpoint == "/v1/audio/transcriptions",
     )
-    if status >= 400 and not usage.total_tokens and not usage.audio_seconds:
+    if f.status >= 400 and not usage.total_tokens and not usage.audio_seconds:
         cost = 0.0  # a refused request consumed nothing we can be billed for
     return UsageRecord(
-        ts=datetime.now(UTC),
-        key_id=info.key_id or "",
-        endpoint=info.route.endpoint,
-        model=model or "",
-        status=status,
+        ts=datetime.fromtimestamp(f.ts, UTC),
+        key_id=f.key_id,
+        endpoint=f.endpoint,
+        model=f.model or "",
+        status=f.status,
         prompt_tokens=usage.prompt_tokens,
         completion_tokens=usage.completion_tokens,
         cached_tokens=usage.cached_tokens,
         total_tokens=usage.total_tokens,
         audio_seconds=usage.audio_seconds,
-        request_bytes=info.request_bytes,
+        request_bytes=f.request_bytes,
         cost_eur=cost,
-        duration_ms=info.duration_ms(),
-        streamed=info.tap is not None,
-        complete=complete,
-        default_price=is_default and bool(model) and cost > 0,
+        duration_ms=f.duration_ms,
+        streamed=f.streamed,
+        complete=f.complete,
+        default_price=is_default and bool(f.model) and cost > 0,
+    )
+
+
+def access_line(f: Finished) -> str:
+    """The request's log line: method, path, status, key id, model, tokens, duration. Never a key."""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(f.ts)) + f",{int(f.ts * 1000) % 1000:03d}"
+    tokens = f.usage.total_tokens if f.usage else 0
+    return (
+        f"{stamp} INFO gateway: {f.method} {f.endpoint} {f.status} key={f.key_id or '-'} "
+        f"model={f.model or '-'} tokens={tokens} {f.duration_ms}ms{'' if f.complete else ' interrupted'}\n"
     )

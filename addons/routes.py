@@ -54,5 +54,7 @@ def classify(path: str) -> Route:
 
 
 def _has_dot_segments(path: str) -> bool:
+    if "." not in path and "%" not in path and "\\" not in path:
+        return False  # the usual case, decided without decoding
     decoded = unquote(path)
     return any(segment in (".", "..") for segment in decoded.split("/")) or "\\" in decoded

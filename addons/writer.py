@@ -1,13 +1,17 @@
-"""Usage rows leave the event loop through a queue; a thread writes them in batches."""
+"""Finished requests leave the event loop through a queue; a thread writes their usage rows and
+log lines in batches, so that pricing, SQL and log formatting cost the event loop nothing."""
 
 from __future__ import annotations
 
 import logging
 import queue
+import sys
 import threading
 import time
+from collections.abc import Callable
 
-from storage import usage
+from addons.metering import Finished, access_line, make_record
+from storage import prices, usage
 
 log = logging.getLogger("gateway.writer")
 FLUSH_SECONDS = 0.2
@@ -15,8 +19,10 @@ MAX_BATCH = 500
 
 
 class UsageWriter:
-    def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[usage.UsageRecord | None] = queue.SimpleQueue()
+    def __init__(self, price_table: Callable[[], dict[str, prices.PriceRow]]) -> None:
+        self.price_table = price_table
+        self._queue: queue.SimpleQueue[Finished] = queue.SimpleQueue()
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="usage-writer", daemon=True)
         self.last_error: str | None = None
         self.written = 0
@@ -24,35 +30,41 @@ class UsageWriter:
     def start(self) -> None:
         self._thread.start()
 
-    def put(self, record: usage.UsageRecord) -> None:
+    def put(self, request: Finished) -> None:
         """Called on the event loop: never blocks."""
-        self._queue.put(record)
+        self._queue.put(request)
 
     def close(self, timeout: float = 10.0) -> None:
         """Write everything queued so far, then stop the thread."""
         if not self._thread.is_alive():
             return
-        self._queue.put(None)
+        self._stop.set()
         self._thread.join(timeout)
         if self._thread.is_alive():
             log.error("usage writer did not finish within %.0f s", timeout)
 
     def _run(self) -> None:
+        # Wake on a timer, not on every record: a thread woken per request would take the GIL
+        # from the event loop hundreds of times a second.
         stopping = False
         while not stopping:
-            batch: list[usage.UsageRecord] = []
-            deadline = time.monotonic() + FLUSH_SECONDS
-            while len(batch) < MAX_BATCH:
-                try:
-                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    break
-                if item is None:
-                    stopping = True
-                    break
-                batch.append(item)
+            stopping = self._stop.wait(FLUSH_SECONDS)
+            batch = self._drain()
             if batch:
-                self._write(batch)
+                sys.stderr.write("".join(map(access_line, batch)))
+                sys.stderr.flush()
+            table = self.price_table()
+            records = [make_record(f, table) for f in batch if f.metered]
+            for start in range(0, len(records), MAX_BATCH):
+                self._write(records[start : start + MAX_BATCH])
+
+    def _drain(self) -> list[Finished]:
+        batch = []
+        while True:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                return batch
 
     def _write(self, batch: list[usage.UsageRecord]) -> None:
         for attempt in range(3):

@@ -23,7 +23,7 @@ database = SqliteDatabase(None, lock_type="IMMEDIATE")
 
 # One fixed-width text form for every timestamp, always UTC: sorts and compares as text in
 # SQL, reads well in the sqlite3 shell, and date(ts) in SQL gives the UTC day.
-_TS_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+TS_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 
 
 def utcnow() -> datetime:
@@ -51,7 +51,7 @@ class UtcDateTimeField(Field):
             value = parse_utc(value)
         if value.tzinfo is None:
             raise ValueError(f"{self.name}: naive datetime {value!r}; pass an aware UTC datetime")
-        return value.astimezone(UTC).strftime(_TS_FORMAT)
+        return value.astimezone(UTC).strftime(TS_FORMAT)
 
     def python_value(self, value):
         if value is None:

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime
 
-from peewee import EXCLUDED, JOIN, chunked, fn
+from peewee import JOIN, fn
 
-from storage.models import ApiKey, DailyUsage, Usage, database
-
-# Well under SQLite's limit of 32766 bound parameters per statement.
-_CHUNK = 500
+from storage.models import TS_FORMAT, ApiKey, DailyUsage, database
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,11 +47,35 @@ _SUMS = (
 _FLOAT_SUMS = ("audio_seconds", "cost_eur")
 
 
-def _amounts(r: UsageRecord) -> tuple:
-    """What one record adds to its rollup row, in the order of _SUMS."""
+_USAGE_COLUMNS = ", ".join(f'"{name}"' for name in _RECORD_FIELDS)
+_INSERT_USAGE = f'INSERT INTO "usage" ({_USAGE_COLUMNS}) VALUES ({", ".join("?" for _ in _RECORD_FIELDS)})'
+_SUM_COLUMNS = ", ".join(f'"{name}"' for name in _SUMS)
+_ROLL_UP = f"""
+    INSERT INTO "daily_usage" ("day", "key_id", "model", {_SUM_COLUMNS})
+    SELECT substr(ts, 1, 10), key_id, model, count(*), sum(status >= 400), sum(prompt_tokens),
+           sum(completion_tokens), sum(cached_tokens), sum(total_tokens), sum(audio_seconds),
+           sum(request_bytes), sum(cost_eur)
+    FROM "usage" WHERE id > ? GROUP BY 1, 2, 3
+    ON CONFLICT ("day", "key_id", "model") DO UPDATE SET
+    {", ".join(f'"{name}" = "{name}" + excluded."{name}"' for name in _SUMS)}
+"""
+_LAST_USED = """
+    UPDATE "api_key" SET last_used_at = used.ts
+    FROM (SELECT key_id, max(ts) AS ts FROM "usage" WHERE id > ? GROUP BY key_id) AS used
+    WHERE "api_key".key_id = used.key_id
+      AND ("api_key".last_used_at IS NULL OR "api_key".last_used_at < used.ts)
+"""
+
+
+def _row(r: UsageRecord) -> tuple:
+    if r.ts.tzinfo is None:
+        raise ValueError(f"UsageRecord.ts must be an aware datetime, got {r.ts!r}")
     return (
-        1,
-        1 if r.status >= 400 else 0,
+        r.ts.astimezone(UTC).strftime(TS_FORMAT),
+        r.key_id,
+        r.endpoint,
+        r.model or "",
+        r.status,
         r.prompt_tokens,
         r.completion_tokens,
         r.cached_tokens,
@@ -63,65 +83,29 @@ def _amounts(r: UsageRecord) -> tuple:
         r.audio_seconds,
         r.request_bytes,
         r.cost_eur,
+        r.duration_ms,
+        r.streamed,
+        r.complete,
+        r.default_price,
     )
 
 
-def _rollup(records: Iterable[UsageRecord]) -> tuple[dict, dict]:
-    daily: dict[tuple[date, str, str], tuple] = {}
-    last_used: dict[str, datetime] = {}
-    for r in records:
-        if r.ts.tzinfo is None:
-            raise ValueError(f"UsageRecord.ts must be an aware datetime, got {r.ts!r}")
-        ts = r.ts.astimezone(UTC)
-        group = (ts.date(), r.key_id, r.model or "")
-        amounts = _amounts(r)
-        sums = daily.get(group)
-        daily[group] = amounts if sums is None else tuple(map(sum, zip(sums, amounts, strict=True)))
-        if r.key_id not in last_used or last_used[r.key_id] < ts:
-            last_used[r.key_id] = ts
-    return daily, last_used
-
-
-def _usage_insert() -> tuple[str, list]:
-    """One INSERT for executemany, and each column's conversion: peewee's insert_many builds the
-    SQL in Python for every row, which costs the gateway's event loop GIL time under load."""
-    fields_ = [Usage._meta.fields[name] for name in _RECORD_FIELDS]
-    columns = ", ".join(f'"{f.column_name}"' for f in fields_)
-    marks = ", ".join("?" for _ in fields_)
-    return f'INSERT INTO "{Usage._meta.table_name}" ({columns}) VALUES ({marks})', [
-        f.db_value for f in fields_
-    ]
-
-
 def record_batch(records: list[UsageRecord]) -> None:
-    """Store usage rows, add them to the daily rollup and set last_used_at, in one transaction."""
+    """Store usage rows, add them to the daily rollup and set last_used_at, in one transaction.
+
+    The rollup is computed by SQLite from the rows just inserted: the gateway's writer thread
+    then spends almost no Python (and so no GIL) time per request.
+    """
     if not records:
         return
-    daily, last_used = _rollup(records)
-    insert, converters = _usage_insert()
-    model_at = _RECORD_FIELDS.index("model")
-    usage_rows = []
-    for r in records:
-        values = [convert(getattr(r, name)) for convert, name in zip(converters, _RECORD_FIELDS, strict=True)]
-        values[model_at] = values[model_at] or ""
-        usage_rows.append(values)
-    daily_fields = [DailyUsage.day, DailyUsage.key_id, DailyUsage.model] + [
-        getattr(DailyUsage, name) for name in _SUMS
-    ]
-    daily_rows = [(*group, *sums) for group, sums in daily.items()]
-    add_up = {getattr(DailyUsage, n): getattr(DailyUsage, n) + getattr(EXCLUDED, n) for n in _SUMS}
+    rows = [_row(r) for r in records]
     with database.atomic():
-        database.cursor().executemany(insert, usage_rows)
-        for chunk in chunked(daily_rows, _CHUNK):
-            DailyUsage.insert_many(chunk, fields=daily_fields).on_conflict(
-                conflict_target=[DailyUsage.day, DailyUsage.key_id, DailyUsage.model],
-                update=add_up,
-            ).execute()
-        for key_id, ts in last_used.items():
-            # Only last_used_at is written, so the revision trigger stays quiet.
-            ApiKey.update(last_used_at=ts).where(
-                (ApiKey.key_id == key_id) & (ApiKey.last_used_at.is_null() | (ApiKey.last_used_at < ts))
-            ).execute()
+        cursor = database.cursor()
+        last_id = cursor.execute('SELECT coalesce(max(id), 0) FROM "usage"').fetchone()[0]
+        cursor.executemany(_INSERT_USAGE, rows)
+        cursor.execute(_ROLL_UP, (last_id,))
+        # Only last_used_at is written, so the revision trigger stays quiet.
+        cursor.execute(_LAST_USED, (last_id,))
 
 
 def _sum_columns() -> list:
