@@ -23,6 +23,9 @@ def mitmproxy_options(s: config.Settings) -> dict:
         "mode": [f"reverse:{s.upstream_url}@{s.listen_host}:{s.listen_port}"],
         # With eager connections a dead upstream gives clients an empty reply and no hook runs.
         "connection_strategy": "lazy",
+        # The admin needs the Host clients used (its pages show this deployment's URL);
+        # the gateway sets the upstream's Host itself.
+        "keep_host_header": True,
         "body_size_limit": f"{s.max_body_mb}m",
         "confdir": str(s.data_dir / ".mitmproxy"),
     }

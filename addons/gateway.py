@@ -29,7 +29,13 @@ from addons.metering import META, RequestInfo, finished  # noqa: E402
 from addons.sse import SseUsageTap  # noqa: E402
 from addons.timeouts import UpstreamTimeouts  # noqa: E402
 from addons.tls import CHECK_SECONDS, CertificateBundle  # noqa: E402
-from addons.usage import json_object, model_from_object, usage_from_object  # noqa: E402
+from addons.usage import (  # noqa: E402
+    LARGE_BODY_BYTES,
+    json_object,
+    model_from_object,
+    usage_from_large_body,
+    usage_from_object,
+)
 from addons.writer import UsageWriter  # noqa: E402
 from storage import config, db  # noqa: E402
 from storage.settings import Limits  # noqa: E402
@@ -65,6 +71,7 @@ class Gateway:
         self.live = LiveData(defaults, s.api_keys_file)
         self.writer = UsageWriter(lambda: self.live.snapshot.prices)
         self.timeouts = UpstreamTimeouts(s.upstream_timeout)
+        self.upstream_host = "{}:{}".format(*s.upstream_address)
         self.health = Health(s.upstream_address)
         engine.install(
             lambda status, message: errors.engine_error(
@@ -157,12 +164,15 @@ class Gateway:
             return
         status = flow.response.status_code
         if info.tap is not None:
-            usage, model, complete = info.tap.usage, info.tap.model or info.model, info.tap.saw_done
-            complete = complete or info.route.endpoint == "/v1/messages" or status >= 400
+            usage, model = info.tap.usage, info.tap.model or info.model
+            complete = info.tap.complete or status >= 400
         elif info.admitted and not flow.response.stream:
-            body = json_object(flow.response.content)
-            usage, complete = usage_from_object(body), True
-            model = info.model or model_from_object(body)
+            content, complete = flow.response.content or b"", True
+            if len(content) > LARGE_BODY_BYTES:
+                usage, model = usage_from_large_body(content), info.model
+            else:
+                body = json_object(content)
+                usage, model = usage_from_object(body), info.model or model_from_object(body)
         else:
             usage, model, complete = None, info.model, True
         self._finish(flow, info, status, usage, model, complete)
@@ -236,6 +246,7 @@ class Gateway:
             return
         info.verdict = verdict
         info.admitted = True
+        request.host_header = self.upstream_host  # the client's Host was kept for the admin's sake
         if info.route.stream_upload:
             request.stream = info.count_upload
             self.timeouts.watch(flow)
@@ -253,7 +264,11 @@ class Gateway:
 
     def _route_to_admin(self, flow: http.HTTPFlow, info: RequestInfo) -> None:
         request = flow.request
+        public_host = request.host_header or ""  # kept by keep_host_header: the name clients use
         request.scheme, request.host, request.port = "http", "127.0.0.1", self.settings.admin_port
+        request.host_header = f"127.0.0.1:{self.settings.admin_port}"
+        # Set by us, replacing whatever the client sent: the admin trusts these headers.
+        request.headers["x-forwarded-host"] = public_host
         request.headers["x-forwarded-for"] = info.client_ip
         request.headers["x-forwarded-proto"] = "https" if flow.client_conn.tls_established else "http"
         request.headers["x-forwarded-prefix"] = "/admin"

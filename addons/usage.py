@@ -175,3 +175,22 @@ class UsageAccumulator:
     @property
     def usage(self) -> Usage | None:
         return usage_from_raw(self._raw)
+
+
+LARGE_BODY_BYTES = 256 * 1024
+_DECODER = json.JSONDecoder()
+
+
+def usage_from_large_body(body: bytes) -> Usage | None:
+    """The top-level `usage` of a body too large to parse whole on the event loop (a big
+    embeddings answer takes tens of milliseconds): servers put it after the data, so only the
+    object after the last `"usage"` is read. None when it is not found that way."""
+    at = body.rfind(b'"usage"')
+    start = body.find(b"{", at) if at >= 0 else -1
+    if start < 0:
+        return None
+    try:
+        obj, _ = _DECODER.raw_decode(body[start : start + 4096].decode("utf-8", "replace"))
+    except ValueError:
+        return None
+    return usage_from_object({"usage": obj})

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
@@ -187,3 +189,48 @@ def test_log_lines_carry_no_key_and_no_content(gateway, api_key):
     assert f"key={key_id}" in log
     for secret in (plaintext, "secret prompt", "Hello there", "Bearer"):
         assert secret not in log
+
+
+@pytest.fixture(scope="module")
+def admin_stand_in():
+    """A plain HTTP server on the admin's port that answers with the headers it received."""
+
+    class Echo(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = json.dumps({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}})
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+def test_admin_route_gets_forwarding_headers_set_by_the_gateway(start_gateway, admin_stand_in):
+    gateway = start_gateway(ADMIN_PORT=str(admin_stand_in))
+    spoofed = {"x-forwarded-for": "6.6.6.6", "x-forwarded-host": "evil.example", "host": "gw.example.com"}
+    r = httpx.get(f"{gateway.url}/admin/keys?x=1", headers=spoofed)
+    assert r.status_code == 200
+    seen = r.json()
+    assert seen["path"] == "/admin/keys?x=1"
+    assert seen["headers"]["x-forwarded-for"] == "127.0.0.1"
+    assert seen["headers"]["x-forwarded-host"] == "gw.example.com"
+    assert seen["headers"]["x-forwarded-proto"] == "http"
+
+
+def test_upstream_gets_its_own_host_header(gateway, api_key):
+    r = httpx.get(
+        f"{gateway.url}/v1/models", headers={"authorization": f"Bearer {api_key[1]}", "host": "gw.example"}
+    )
+    assert r.status_code == 200
+    forwarded = [q for q in gateway.upstream_requests() if q["path"] == "/v1/models"][-1]
+    assert forwarded["headers"]["host"] == f"127.0.0.1:{gateway.upstream_port}"

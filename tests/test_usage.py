@@ -9,6 +9,7 @@ import pytest
 
 from addons.sse import SseUsageTap
 from addons.usage import (
+    LARGE_BODY_BYTES,
     MAX_COUNT,
     Usage,
     UsageAccumulator,
@@ -16,6 +17,7 @@ from addons.usage import (
     model_from_json_body,
     model_from_object,
     usage_from_json_body,
+    usage_from_large_body,
     usage_from_object,
 )
 
@@ -257,3 +259,17 @@ def test_odd_models_are_none(model):
 def test_usage_is_frozen():
     with pytest.raises(AttributeError):
         Usage().prompt_tokens = 3
+
+
+def test_usage_of_a_large_body_is_read_from_its_end():
+    big = {
+        "object": "list",
+        "data": [{"embedding": [0.1] * 100_000}],
+        "model": "m",
+        "usage": {"prompt_tokens": 13, "total_tokens": 13},
+    }
+    body = json.dumps(big).encode()
+    assert len(body) > LARGE_BODY_BYTES
+    assert usage_from_large_body(body) == Usage(prompt_tokens=13, total_tokens=13)
+    assert usage_from_large_body(b'{"data": [1, 2, 3]}') is None
+    assert usage_from_large_body(b'{"usage": {"prompt_tokens": 1') is None
