@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import shutil
 import socket
@@ -49,6 +50,8 @@ def bare_engine(upstream_port: int, port: int) -> None:
             mode=[f"reverse:http://127.0.0.1:{upstream_port}@127.0.0.1:{port}"],
             connection_strategy="lazy",
             confdir=tempfile.mkdtemp(),
+            # scripts/bench_http2.py serves it over TLS, for HTTP/2.
+            certs=[f"*={os.environ['BENCH_CERTS']}"] if os.environ.get("BENCH_CERTS") else [],
         )
         await master.run()
 
