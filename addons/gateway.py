@@ -29,13 +29,6 @@ from addons.metering import META, RequestInfo, finished  # noqa: E402
 from addons.sse import SseUsageTap  # noqa: E402
 from addons.timeouts import UpstreamTimeouts  # noqa: E402
 from addons.tls import CHECK_SECONDS, CertificateBundle  # noqa: E402
-from addons.usage import (  # noqa: E402
-    LARGE_BODY_BYTES,
-    json_object,
-    model_from_object,
-    usage_from_large_body,
-    usage_from_object,
-)
 from addons.writer import UsageWriter  # noqa: E402
 from storage import config, db  # noqa: E402
 from storage.settings import Limits  # noqa: E402
@@ -153,7 +146,11 @@ class Gateway:
             response.stream = True
             return
         if info.verdict and response.status_code < 400:
-            response.headers.update(info.verdict.headers())
+            # Ours replace the upstream's: they describe the client's own limits. Raw fields: this
+            # runs on every response, and mitmproxy's header methods cost several times more.
+            ours = tuple((k.encode(), v.encode()) for k, v in info.verdict.headers().items())
+            kept = tuple(f for f in response.headers.fields if not f[0].lower().startswith(b"x-ratelimit-"))
+            response.headers.fields = kept + ours
         if "text/event-stream" in response.headers.get("content-type", ""):
             info.tap = SseUsageTap(strip_usage_only_chunk=info.strip_usage_chunk)
             response.stream = info.tap
@@ -162,20 +159,15 @@ class Gateway:
         info: RequestInfo | None = flow.metadata.get(META)
         if info is None or info.finished:
             return
-        status = flow.response.status_code
+        status, body = flow.response.status_code, None
         if info.tap is not None:
             usage, model = info.tap.usage, info.tap.model or info.model
             complete = info.tap.complete or status >= 400
-        elif info.admitted and not flow.response.stream:
-            content, complete = flow.response.content or b"", True
-            if len(content) > LARGE_BODY_BYTES:
-                usage, model = usage_from_large_body(content), info.model
-            else:
-                body = json_object(content)
-                usage, model = usage_from_object(body), info.model or model_from_object(body)
         else:
             usage, model, complete = None, info.model, True
-        self._finish(flow, info, status, usage, model, complete)
+            if info.admitted and not flow.response.stream:
+                body = flow.response.content  # its usage is read on the writer thread
+        self._finish(flow, info, status, usage, model, complete, body)
 
     def error(self, flow: http.HTTPFlow) -> None:
         info: RequestInfo | None = flow.metadata.get(META)
@@ -311,11 +303,11 @@ class Gateway:
 
     # -- the end of every request ----------------------------------------------------------
 
-    def _finish(self, flow, info: RequestInfo, status, usage, model, complete: bool) -> None:
+    def _finish(self, flow, info: RequestInfo, status, usage, model, complete: bool, body=None) -> None:
         info.finished = True
         self.in_flight -= 1
         metered = bool(info.key_id) and info.route.kind is routes.Kind.API
-        self.writer.put(finished(info, flow.request.method, status, usage, model, complete, metered))
+        self.writer.put(finished(info, flow.request.method, status, usage, model, complete, metered, body))
 
 
 def _take_key(request: http.Request) -> str | None:

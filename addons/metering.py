@@ -11,7 +11,14 @@ from typing import NamedTuple
 from addons.limits import Verdict
 from addons.routes import Route
 from addons.sse import SseUsageTap
-from addons.usage import Usage
+from addons.usage import (
+    LARGE_BODY_BYTES,
+    Usage,
+    json_object,
+    model_from_object,
+    usage_from_large_body,
+    usage_from_object,
+)
 from storage import prices
 from storage.usage import UsageRecord
 
@@ -67,10 +74,29 @@ class Finished(NamedTuple):
     request_bytes: int
     duration_ms: int
     metered: bool  # an API request with a known key: it gets a usage row
+    body: bytes | None = None  # a JSON answer whose usage is still to read; dropped once read
+
+    def with_body_read(self) -> Finished:
+        """Usage and model from the answer's body, read on the writer thread, off the event loop."""
+        if not self.body:
+            return self
+        if len(self.body) > LARGE_BODY_BYTES:
+            usage, model = usage_from_large_body(self.body), self.model
+        else:
+            parsed = json_object(self.body)
+            usage, model = usage_from_object(parsed), self.model or model_from_object(parsed)
+        return self._replace(usage=usage, model=model, body=None)
 
 
 def finished(
-    info: RequestInfo, method: str, status: int, usage, model, complete: bool, metered: bool
+    info: RequestInfo,
+    method: str,
+    status: int,
+    usage: Usage | None,
+    model: str | None,
+    complete: bool,
+    metered: bool,
+    body: bytes | None = None,
 ) -> Finished:
     return Finished(
         time.time(),
@@ -85,6 +111,7 @@ def finished(
         info.request_bytes,
         round((time.monotonic() - info.started) * 1000),
         metered,
+        body,
     )
 
 

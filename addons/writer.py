@@ -49,7 +49,7 @@ class UsageWriter:
         stopping = False
         while not stopping:
             stopping = self._stop.wait(FLUSH_SECONDS)
-            batch = self._drain()
+            batch = [f.with_body_read() for f in self._drain()]
             if batch:
                 sys.stderr.write("".join(map(access_line, batch)))
                 sys.stderr.flush()

@@ -34,9 +34,12 @@ def test_keys_made_by_the_cli_apply_in_the_running_gateway(gateway):
         json={"model": "qwen3-embedding-4b", "input": "x"},
     )
     assert r.status_code == 200
-    rows = cli(gateway, "usage", "--by", "key")["rows"]
-    mine = [row for row in rows if row["key_id"] == created["key_id"]]
-    assert mine and mine[0]["requests"] >= 1, "the usage written by the gateway is what the CLI reads"
+
+    def mine():  # the gateway writes usage in batches, a fraction of a second later
+        rows = cli(gateway, "usage", "--by", "key")["rows"]
+        return [row for row in rows if row["key_id"] == created["key_id"] and row["requests"] >= 1]
+
+    assert procs.wait_until(mine, timeout=5), "the usage the gateway wrote is what the CLI reads"
 
     cli(gateway, "revoke", created["key_id"])
     gateway.wait_for_key(created["api_key"], accepted=False)

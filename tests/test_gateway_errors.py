@@ -96,6 +96,7 @@ def test_malformed_json(gateway, api_key):
 
 
 def test_oversized_body_with_content_length(gateway, api_key):
+    httpx.post(f"http://127.0.0.1:{gateway.upstream_port}/_fake/reset")
     r = httpx.post(
         f"{gateway.url}/v1/audio/transcriptions",
         headers=bearer(api_key[1]),
