@@ -53,15 +53,7 @@ class Gateway:
     def load(self, loader) -> None:
         s = self.settings = self.settings or config.load()
         db.open_database(s.database_url)
-        defaults = Limits(
-            rate_limit_requests=s.rate_limit_requests,
-            rate_limit_window=s.rate_limit_window,
-            ip_rate_limit_requests=s.ip_rate_limit_requests,
-            ip_rate_limit_window=s.ip_rate_limit_window,
-            global_rate_limit_requests=s.global_rate_limit_requests,
-            global_rate_limit_window=s.global_rate_limit_window,
-        )
-        self.live = LiveData(defaults, s.api_keys_file)
+        self.live = LiveData(Limits.from_settings(s), s.api_keys_file)
         self.writer = UsageWriter(lambda: self.live.snapshot.prices)
         self.timeouts = UpstreamTimeouts(s.upstream_timeout)
         self.upstream_host = "{}:{}".format(*s.upstream_address)

@@ -34,18 +34,13 @@ FAST = "x-fake-scenario: fast"
 def bare_engine(upstream_port: int, port: int) -> None:
     """mitmproxy with the same core addons as the gateway's launcher, and nothing of ours."""
     from mitmproxy import options
-    from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig
     from mitmproxy.master import Master
+
+    from addons.__main__ import engine_addons
 
     async def run():
         master = Master(options.Options())
-        master.addons.add(
-            core.Core(),
-            proxyserver.Proxyserver(),
-            next_layer.NextLayer(),
-            tlsconfig.TlsConfig(),
-            errorcheck.ErrorCheck(),
-        )
+        master.addons.add(*engine_addons())
         master.options.update(
             mode=[f"reverse:http://127.0.0.1:{upstream_port}@127.0.0.1:{port}"],
             connection_strategy="lazy",

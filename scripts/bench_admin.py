@@ -43,13 +43,20 @@ def fill(rows: int, days: int, key_count: int) -> None:
         batch = []
         for _ in range(min(BATCH, rows - written)):
             prompt, completion = rnd.randint(10, 4000), rnd.randint(0, 1000)
-            batch.append(UsageRecord(
-                ts=now - timedelta(seconds=rnd.uniform(0, days * 86400)),
-                key_id=rnd.choice(key_ids), endpoint="/v1/chat/completions", model=rnd.choice(MODELS),
-                status=200 if rnd.random() > 0.02 else 502, prompt_tokens=prompt,
-                completion_tokens=completion, total_tokens=prompt + completion,
-                cost_eur=(prompt + completion) * 5e-6, duration_ms=rnd.randint(50, 5000),
-            ))
+            batch.append(
+                UsageRecord(
+                    ts=now - timedelta(seconds=rnd.uniform(0, days * 86400)),
+                    key_id=rnd.choice(key_ids),
+                    endpoint="/v1/chat/completions",
+                    model=rnd.choice(MODELS),
+                    status=200 if rnd.random() > 0.02 else 502,
+                    prompt_tokens=prompt,
+                    completion_tokens=completion,
+                    total_tokens=prompt + completion,
+                    cost_eur=(prompt + completion) * 5e-6,
+                    duration_ms=rnd.randint(50, 5000),
+                )
+            )
         usage.record_batch(batch)
         written += len(batch)
         if written % 100_000 == 0:
@@ -76,13 +83,17 @@ def timed(client, url: str, runs: int) -> tuple[float, float, int]:
 @click.option("--runs", default=20, show_default=True, help="Timed requests per page.")
 def main(rows: int, days: int, key_count: int, runs: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        settings = config.load({"DATA_DIR": tmp, "ADMIN_PASSWORD": PASSWORD, "UPSTREAM_URL": "http://127.0.0.1:9"})
+        settings = config.load(
+            {"DATA_DIR": tmp, "ADMIN_PASSWORD": PASSWORD, "UPSTREAM_URL": "http://127.0.0.1:9"}
+        )
         open_database(settings.database_url)
         click.echo(f"writing {rows:,} usage rows over {days} days for {key_count} keys ...")
         start = time.perf_counter()
         fill(rows, days, key_count)
-        click.echo(f"written in {time.perf_counter() - start:.0f} s; "
-                   f"daily rollup rows: {DailyUsage.select().count():,}")
+        click.echo(
+            f"written in {time.perf_counter() - start:.0f} s; "
+            f"daily rollup rows: {DailyUsage.select().count():,}"
+        )
 
         app = create_app(settings, {"TESTING": True})
         client = app.test_client()
@@ -94,8 +105,13 @@ def main(rows: int, days: int, key_count: int, runs: int) -> None:
         today = datetime.now(UTC).date()
         everything = f"/admin/usage?period=custom&start={today - timedelta(days=days)}&end={today}"
         click.echo(f"timing {runs} requests each (median / max):")
-        for url in ("/admin/usage?period=30d", "/admin/usage?period=month", everything,
-                    "/admin/usage.csv?period=30d", "/admin/keys"):
+        for url in (
+            "/admin/usage?period=30d",
+            "/admin/usage?period=month",
+            everything,
+            "/admin/usage.csv?period=30d",
+            "/admin/keys",
+        ):
             median, worst, size = timed(client, url, runs)
             click.echo(f"  {url:<60} {median:7.1f} ms / {worst:7.1f} ms  ({size:,} bytes)")
         close_database()

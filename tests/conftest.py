@@ -13,6 +13,15 @@ from storage.models import Usage
 from tests import procs
 
 
+@pytest.fixture
+def db_path(tmp_path):
+    """A fresh database of our own in the test's folder, opened for this process."""
+    path = tmp_path / "gateway.db"
+    db.open_database(f"sqlite:///{path}")
+    yield path
+    db.close_database()
+
+
 @pytest.fixture(scope="session")
 def upstream(tmp_path_factory):
     proc = procs.start_fake_upstream(tmp_path_factory.mktemp("upstream"))

@@ -10,16 +10,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from storage import keys
-from storage.db import close_database, open_database
 from storage.keys import KeyNotFound, KeysFileError
-
-
-@pytest.fixture
-def db_path(tmp_path):
-    path = tmp_path / "gateway.db"
-    open_database(f"sqlite:///{path}")
-    yield path
-    close_database()
 
 
 def stored_bytes(db_path) -> bytes:

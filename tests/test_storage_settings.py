@@ -7,18 +7,9 @@ import sqlite3
 import pytest
 
 from storage import config, settings
-from storage.db import close_database, open_database
 from storage.settings import LIMIT_NAMES, Limits
 
 DEFAULTS = Limits(100, 60, 1000, 60, 2000, 60)
-
-
-@pytest.fixture
-def db_path(tmp_path):
-    path = tmp_path / "gateway.db"
-    open_database(f"sqlite:///{path}")
-    yield path
-    close_database()
 
 
 def test_defaults_apply_without_stored_values(db_path):

@@ -10,20 +10,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from storage import keys, usage
-from storage.db import close_database, database, open_database, revision
+from storage.db import database, revision
 from storage.models import DailyUsage, Usage
 from storage.usage import UsageRecord
 
 DAY = datetime(2026, 3, 14, 10, 0, tzinfo=UTC)
 CHAT = "/v1/chat/completions"
-
-
-@pytest.fixture
-def db_path(tmp_path):
-    path = tmp_path / "gateway.db"
-    open_database(f"sqlite:///{path}")
-    yield path
-    close_database()
 
 
 def chat(key_id, ts=DAY, model="gpt-oss-120b", status=200, prompt=21, completion=8, cached=0, **more):
