@@ -45,6 +45,8 @@ class Gateway:
         self.live: LiveData | None = None
         self.writer: UsageWriter | None = None
         self.health: Health | None = None
+        self.timeouts: UpstreamTimeouts | None = None
+        self.upstream_host = ""
         self.tls: CertificateBundle | None = None
         self._tls_task: asyncio.Task | None = None
 
@@ -58,18 +60,15 @@ class Gateway:
         self.timeouts = UpstreamTimeouts(s.upstream_timeout)
         self.upstream_host = "{}:{}".format(*s.upstream_address)
         self.health = Health(s.upstream_address)
+        # mitmproxy's connect errors name the address as a Python tuple: that is how an
+        # unreachable admin is told from an unreachable upstream.
+        admin_address = f"'127.0.0.1', {s.admin_port})"
         engine.install(
-            lambda status, message: errors.engine_error(
-                status, message, admin_address=f"'127.0.0.1', {s.admin_port})"
-            )
+            lambda status, message: errors.engine_error(status, message, admin_address=admin_address)
         )
         if s.tls_enabled:
             self.tls = CertificateBundle(s.tls_cert_file, s.tls_key_file, s.data_dir / ".tls")
             self.tls.write()
-
-    def configure(self, updated) -> None:
-        if self.tls and "certs" in updated and ctx.options.certs != self.tls.option_value():
-            ctx.options.update(certs=self.tls.option_value())
 
     async def running(self) -> None:
         self.live.start()
@@ -84,9 +83,9 @@ class Gateway:
 
     def done(self) -> None:
         """Flush every queued usage row: a graceful stop loses none."""
-        if self.health:
-            self.health.stop()
-            self.timeouts.stop()
+        for task in (self.health, self.timeouts):
+            if task:
+                task.stop()
         if self._tls_task:
             self._tls_task.cancel()
         if self.live:
