@@ -230,7 +230,9 @@ class Gateway:
         info.verdict = verdict
         info.admitted = True
         request.host_header = self.upstream_host  # the client's Host was kept for the admin's sake
-        if info.route.stream_upload:
+        if info.route.stream_upload and declared.isdigit():
+            # Streamed only with a declared size, checked above: mitmproxy does not count the
+            # bytes of a streamed body, so a chunked upload is held (up to MAX_BODY_MB) instead.
             request.stream = info.count_upload
             self.timeouts.watch(flow)
 
@@ -263,7 +265,9 @@ class Gateway:
         if info.route.kind is routes.Kind.ADMIN:
             return
         request = flow.request
-        if not info.route.stream_upload:
+        if info.route.stream_upload:
+            info.count_upload(request.raw_content or b"")  # a chunked upload, held: its size and model
+        else:
             info.request_bytes = len(request.raw_content or b"")
         if info.route.json_body and request.method == "POST":
             try:

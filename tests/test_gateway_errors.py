@@ -107,13 +107,32 @@ def test_oversized_body_with_content_length(gateway, api_key):
     assert not [q for q in gateway.upstream_requests() if q["body_length"] >= 3 * 1024 * 1024]
 
 
-def test_oversized_chunked_body(gateway, api_key):
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/audio/transcriptions"])
+def test_oversized_chunked_body(gateway, api_key, path):
     def chunks():
         for _ in range(40):
             yield b"\0" * 100_000
 
-    r = httpx.post(f"{gateway.url}/v1/chat/completions", headers=bearer(api_key[1]), content=chunks())
+    r = httpx.post(f"{gateway.url}{path}", headers=bearer(api_key[1]), content=chunks())
     assert_error(r, 413, "request_too_large")
+
+
+def test_chunked_upload_within_the_limit_is_metered(gateway, api_key):
+    key_id, plaintext = api_key
+    form = b'--b\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-large-v3\r\n--b--\r\n'
+
+    def chunks():
+        yield form[:20]
+        yield form[20:]
+
+    r = httpx.post(
+        f"{gateway.url}/v1/audio/transcriptions",
+        content=chunks(),
+        headers={**bearer(plaintext), "content-type": "multipart/form-data; boundary=b"},
+    )
+    assert r.status_code == 200
+    [row] = gateway.usage_rows(key_id)
+    assert (row.request_bytes, row.model) == (len(form), "whisper-large-v3")
 
 
 def raw_request(port: int, head: bytes) -> tuple[bytes, bytes]:
