@@ -76,9 +76,6 @@ async def serve(s: config.Settings) -> int:
 
 
 def main() -> int:
-    # The writer and refresher threads hold the GIL for a few milliseconds at a time; a waiting
-    # event loop gets it back after this interval instead of the default 5 ms (the p99 latency).
-    sys.setswitchinterval(0.0005)
     formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     logging.getLogger().handlers[0].setFormatter(formatter)

@@ -48,7 +48,8 @@ _FLOAT_SUMS = ("audio_seconds", "cost_eur")
 
 
 _USAGE_COLUMNS = ", ".join(f'"{name}"' for name in _RECORD_FIELDS)
-_INSERT_USAGE = f'INSERT INTO "usage" ({_USAGE_COLUMNS}) VALUES ({", ".join("?" for _ in _RECORD_FIELDS)})'
+_ROW_MARKS = f"({', '.join('?' for _ in _RECORD_FIELDS)})"
+_ROWS_PER_INSERT = 500  # 16 columns: well under SQLite's 32,766 bound parameters
 _SUM_COLUMNS = ", ".join(f'"{name}"' for name in _SUMS)
 _ROLL_UP = f"""
     INSERT INTO "daily_usage" ("day", "key_id", "model", {_SUM_COLUMNS})
@@ -90,6 +91,15 @@ def _row(r: UsageRecord) -> tuple:
     )
 
 
+def _insert_usage(cursor, rows: list[tuple]) -> None:
+    """One multi-row INSERT: executemany would release and retake the GIL for every row, and
+    each time wait for the gateway's busy event loop to hand it back."""
+    values = ", ".join([_ROW_MARKS] * len(rows))
+    cursor.execute(
+        f'INSERT INTO "usage" ({_USAGE_COLUMNS}) VALUES {values}', [v for row in rows for v in row]
+    )
+
+
 def record_batch(records: list[UsageRecord]) -> None:
     """Store usage rows, add them to the daily rollup and set last_used_at, in one transaction.
 
@@ -102,7 +112,8 @@ def record_batch(records: list[UsageRecord]) -> None:
     with database.atomic():
         cursor = database.cursor()
         last_id = cursor.execute('SELECT coalesce(max(id), 0) FROM "usage"').fetchone()[0]
-        cursor.executemany(_INSERT_USAGE, rows)
+        for start in range(0, len(rows), _ROWS_PER_INSERT):
+            _insert_usage(cursor, rows[start : start + _ROWS_PER_INSERT])
         cursor.execute(_ROLL_UP, (last_id,))
         # Only last_used_at is written, so the revision trigger stays quiet.
         cursor.execute(_LAST_USED, (last_id,))
