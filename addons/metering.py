@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from dataclasses import dataclass, field
@@ -78,8 +79,8 @@ class Finished(NamedTuple):
 
     def with_body_read(self) -> Finished:
         """Usage and model from the answer's body, read on the writer thread, off the event loop."""
-        if not self.body:
-            return self
+        if not self.body or (self.model and b'"usage"' not in self.body):
+            return self._replace(body=None)  # nothing to learn from it
         if len(self.body) > LARGE_BODY_BYTES:
             usage, model = usage_from_large_body(self.body), self.model
         else:
@@ -149,9 +150,14 @@ def make_record(f: Finished, price_table: dict[str, prices.PriceRow]) -> UsageRe
     )
 
 
+@functools.lru_cache(maxsize=4)
+def _second(second: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+
+
 def access_line(f: Finished) -> str:
     """The request's log line: method, path, status, key id, model, tokens, duration. Never a key."""
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(f.ts)) + f",{int(f.ts * 1000) % 1000:03d}"
+    stamp = f"{_second(int(f.ts))},{int(f.ts * 1000) % 1000:03d}"
     tokens = f.usage.total_tokens if f.usage else 0
     return (
         f"{stamp} INFO gateway: {f.method} {f.endpoint} {f.status} key={f.key_id or '-'} "
