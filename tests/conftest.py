@@ -63,9 +63,9 @@ class Gateway:
             r = httpx.get(f"{self.url}/v1/models", headers={"authorization": f"Bearer {plaintext}"})
             return (r.status_code == 200) == accepted
 
-        procs.wait_until(settled, timeout=5)
+        procs.wait_until(settled, timeout=10)  # within a second, but CI machines can be busy
 
-    def usage_rows(self, key_id: str, count: int = 1, timeout: float = 5.0) -> list[Usage]:
+    def usage_rows(self, key_id: str, count: int = 1, timeout: float = 10.0) -> list[Usage]:
         """The key's usage rows, oldest first, once at least `count` are written."""
         self.use_database()
 

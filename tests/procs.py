@@ -62,17 +62,16 @@ class Proc:
         return self
 
     def wait_port(self, timeout: float = 15.0) -> Proc:
-        def connectable():
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
             if self.popen.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.popen.returncode}:\n{self.log()}")
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                return True
-
-        try:
-            wait_until(connectable, timeout)
-        except TimeoutError:
-            raise TimeoutError(f"{self.name} did not listen on {self.port}:\n{self.log()}") from None
-        return self
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        raise TimeoutError(f"{self.name} did not listen on {self.port}:\n{self.log()}")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -124,10 +123,18 @@ def gateway_env(data_dir: Path, upstream_port: int, listen_port: int, admin_port
 
 def start_gateway(data_dir: Path, upstream_port: int, admin_port: int | None = None, **extra: str) -> Proc:
     data_dir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    env = gateway_env(data_dir, upstream_port, port, admin_port or free_port(), **extra)
-    proc = Proc("gateway", [sys.executable, "-m", "addons"], env, data_dir / "gateway.log", port)
-    return proc.start().wait_port()
+    for attempt in range(3):
+        port = free_port()
+        env = gateway_env(data_dir, upstream_port, port, admin_port or free_port(), **extra)
+        proc = Proc("gateway", [sys.executable, "-m", "addons"], env, data_dir / "gateway.log", port)
+        try:
+            return proc.start().wait_port()
+        except RuntimeError:
+            # Another process took the free port between our check and the gateway's bind.
+            if attempt == 2 or "in use" not in proc.log():
+                raise
+            proc.stop()
+    raise AssertionError("unreachable")
 
 
 def health(port: int, scheme: str = "http", **kwargs) -> httpx.Response:
