@@ -29,6 +29,7 @@ from addons.metering import META, RequestInfo, finished  # noqa: E402
 from addons.sse import SseUsageTap  # noqa: E402
 from addons.timeouts import UpstreamTimeouts  # noqa: E402
 from addons.tls import CHECK_SECONDS, CertificateBundle  # noqa: E402
+from addons.usage import json_object  # noqa: E402
 from addons.writer import UsageWriter  # noqa: E402
 from storage import config, db  # noqa: E402
 from storage.settings import Limits  # noqa: E402
@@ -270,11 +271,8 @@ class Gateway:
         else:
             info.request_bytes = len(request.raw_content or b"")
         if info.route.json_body and request.method == "POST":
-            try:
-                body = json.loads(request.content or b"")
-                if not isinstance(body, dict):
-                    raise ValueError
-            except ValueError:
+            body = json_object(request.content)
+            if body is None:
                 flow.response = errors.error_response(
                     400,
                     "The request body is not a valid JSON object.",

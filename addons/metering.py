@@ -110,7 +110,7 @@ def finished(
         complete,
         info.tap is not None,
         info.request_bytes,
-        round((time.monotonic() - info.started) * 1000),
+        info.duration_ms(),
         metered,
         body,
     )

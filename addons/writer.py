@@ -33,7 +33,6 @@ class UsageWriter:
         self._thread = threading.Thread(target=self._run, name="usage-writer", daemon=True)
         self._task: asyncio.Task | None = None
         self.last_error: str | None = None
-        self.written = 0
 
     def start(self) -> None:
         """Called on the event loop."""
@@ -95,7 +94,6 @@ class UsageWriter:
                 )
                 time.sleep(0.2 * (attempt + 1))
             else:
-                self.written += len(batch)
                 self.last_error = None
                 return
         log.error("dropped %d usage rows after 3 failed attempts", len(batch))
