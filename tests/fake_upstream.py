@@ -7,7 +7,7 @@ Run it as a process on loopback::
 It prints ``fake upstream listening on HOST:PORT`` (flushed) once it accepts connections;
 ``--port 0`` picks a free port and the line tells which.
 
-It replays the samples of ``shared/reference/samples`` byte for byte, on the routes
+It replays the samples of ``tests/samples`` byte for byte, on the routes
 privatemode-proxy serves. Request headers steer it (values are case-insensitive; several
 scenarios may be given comma-separated):
 
@@ -46,7 +46,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-DEFAULT_SAMPLES = Path(__file__).resolve().parents[2] / "shared/reference/samples"
+DEFAULT_SAMPLES = Path(__file__).resolve().parent / "samples"
 
 READ_CHUNK = 64 * 1024
 HEADER_LIMIT = 256 * 1024

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLES = ROOT.parent / "shared" / "reference" / "samples"
+SAMPLES = ROOT / "tests" / "samples"
 
 
 def free_port() -> int:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from addons.sse import SseUsageTap
 from addons.usage import Usage, UsageAccumulator, model_from_object
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "reference" / "samples"
+SAMPLES = Path(__file__).resolve().parent / "samples"
 STREAMS = sorted(p.name for p in SAMPLES.glob("*.sse"))
 EOLS = (b"\n", b"\r\n", b"\r")
 

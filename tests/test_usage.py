@@ -21,7 +21,7 @@ from addons.usage import (
     usage_from_object,
 )
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "reference" / "samples"
+SAMPLES = Path(__file__).resolve().parent / "samples"
 
 # The figures of samples/README.md.
 EXPECTED = {
