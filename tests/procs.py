@@ -139,3 +139,46 @@ def start_gateway(data_dir: Path, upstream_port: int, admin_port: int | None = N
 
 def health(port: int, scheme: str = "http", **kwargs) -> httpx.Response:
     return httpx.get(f"{scheme}://127.0.0.1:{port}/health", timeout=5, **kwargs)
+
+
+def session_pids(sid: int) -> list[int]:
+    """The processes still running in session `sid` (a Popen started with start_new_session)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # it ended while we looked
+            continue
+        # Fields after the command name, which may hold spaces: state ppid pgrp session ...
+        fields = stat.rpartition(")")[2].split()
+        if int(fields[3]) == sid and fields[0] != "Z":
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except OSError:
+        return b""
+
+
+def stop_session(popen: subprocess.Popen, timeout: float = 60.0) -> None:
+    """SIGTERM to the whole session's process group, SIGKILL to what is left after `timeout`."""
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(popen.pid, signum)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + timeout
+        while session_pids(popen.pid) and time.monotonic() < deadline:
+            popen.poll()
+            time.sleep(0.1)
+        if not session_pids(popen.pid):
+            break
+    try:
+        popen.wait(5)
+    except subprocess.TimeoutExpired:
+        pass
