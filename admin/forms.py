@@ -3,45 +3,37 @@ for the operator."""
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, time
+from datetime import datetime
 
+from storage import keys
 from storage.prices import PRICE_FIELDS
 
-MAX_NAME_LENGTH = 100
+
+def _labelled(label: str, check, *args):
+    """Run a storage rule; its message, led by the form's label instead of the field's name."""
+    try:
+        return check(*args)
+    except ValueError as exc:
+        raise ValueError(f"{label}: {str(exc).split(': ', 1)[-1]}") from None
 
 
 def key_name(text: str | None) -> str:
-    name = (text or "").strip()
-    if not name:
-        raise ValueError("Name: enter a name for the key.")
-    if len(name) > MAX_NAME_LENGTH:
-        raise ValueError(f"Name: use at most {MAX_NAME_LENGTH} characters.")
-    return name
+    return _labelled("Name", keys.check_name, text)
 
 
 def rate_limit(text: str | None) -> int | None:
-    """Requests per window; blank means the global default."""
+    """Requests per window; blank means the default."""
     text = (text or "").strip()
     if not text:
         return None
     if not text.isdigit() or int(text) < 1:
         raise ValueError("Rate limit: enter a whole number of requests (at least 1), or leave it empty.")
-    return int(text)
+    return keys.check_rate_limit(int(text))
 
 
 def expiry(text: str | None, now: datetime) -> datetime | None:
     """A date (YYYY-MM-DD): the key works until the end of that day, UTC. Blank: never expires."""
-    text = (text or "").strip()
-    if not text:
-        return None
-    try:
-        chosen = date.fromisoformat(text)
-    except ValueError:
-        raise ValueError("Valid until: enter a date like 2026-12-31, or leave it empty.") from None
-    end_of_day = datetime.combine(chosen, time(23, 59, 59), tzinfo=UTC)
-    if end_of_day <= now:
-        raise ValueError("Valid until: choose today or a later date.")
-    return end_of_day
+    return _labelled("Valid until", keys.parse_expiry, text, now)
 
 
 def limit_value(label: str, text: str | None) -> int:

@@ -6,7 +6,7 @@ import functools
 import json
 import os
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
 
@@ -18,9 +18,9 @@ ROOT = str(Path(__file__).resolve().parent.parent)
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from storage import audit, config, keys, usage  # noqa: E402
-from storage.db import close_database, open_database  # noqa: E402
-from storage.models import parse_utc, utcnow  # noqa: E402
+from storage import config, keys, keys_file, usage  # noqa: E402
+from storage.db import DatabaseMissing, close_database, open_database  # noqa: E402
+from storage.models import utcnow  # noqa: E402
 
 # What the audit log shows as the client address of a change made here.
 CLI_ADDR = "cli"
@@ -35,7 +35,13 @@ class State:
         if self.opened:
             return
         try:
-            open_database(self.database_url)
+            # Never a new database: one nobody serves would take keys that never work.
+            open_database(self.database_url, must_exist=True)
+        except DatabaseMissing as exc:
+            raise click.ClickException(
+                f"{exc}. Start the gateway once (`make run`, or the container), or point DATA_DIR "
+                "or DATABASE_URL at the gateway's data folder."
+            ) from None
         except (ValueError, OSError, DatabaseError) as exc:
             raise click.ClickException(f"cannot open the database {self.database_url}: {exc}") from exc
         self.opened = True
@@ -59,8 +65,8 @@ def pass_db(command):
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 
 
-class When(click.ParamType):
-    """An ISO date (midnight UTC) or date-time (UTC unless it names a zone)."""
+class Expiry(click.ParamType):
+    """storage.keys.parse_expiry: the admin's rule, a date is valid through its end (UTC)."""
 
     name = "DATE"
 
@@ -68,9 +74,9 @@ class When(click.ParamType):
         if isinstance(value, datetime):
             return value
         try:
-            return parse_utc(value)
-        except ValueError:
-            self.fail(f"{value!r} is not a date like 2026-12-31 or 2026-12-31T18:00:00Z", param, ctx)
+            return keys.parse_expiry(value)
+        except ValueError as exc:
+            self.fail(str(exc).split(": ", 1)[-1], param, ctx)
 
 
 class Day(click.ParamType):
@@ -91,7 +97,7 @@ class Cli(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except (keys.KeyNotFound, keys.KeysFileError) as exc:
+        except (keys.KeyNotFound, keys_file.KeysFileError) as exc:
             raise click.ClickException(str(exc)) from exc
 
 
@@ -105,7 +111,7 @@ def default_database_url() -> str:
     "--database-url",
     envvar="DATABASE_URL",
     default=default_database_url,
-    show_default="sqlite:///$DATA_DIR/gateway.db",
+    show_default=f"sqlite:///$DATA_DIR/gateway.db, DATA_DIR default {config.DEFAULT_DATA_DIR}",
     help="The gateway's database (env DATABASE_URL).",
 )
 @click.pass_context
@@ -160,23 +166,24 @@ def _show_new_secret(key_id: str, plaintext: str, as_json: bool, what: str) -> N
 
 @cli.command()
 @click.option("--name", required=True, help="Who or what uses the key, e.g. 'n8n production'.")
-@click.option("--expires", type=When(), help="Expiry: a date (from 00:00 UTC that day) or an ISO date-time.")
+@click.option(
+    "--expires", type=Expiry(), help="Expiry: a date (valid through that day, UTC) or an ISO date-time."
+)
 @click.option(
     "--rate-limit",
     type=click.IntRange(min=1),
-    help="Requests per RATE_LIMIT_WINDOW for this key [default: RATE_LIMIT_REQUESTS].",
+    help="Requests per KEY_RATE_LIMIT_WINDOW for this key [default: KEY_RATE_LIMIT_REQUESTS].",
 )
 @json_option
 @pass_db
 def create(state: State, name: str, expires: datetime | None, rate_limit: int | None, as_json: bool) -> None:
     """Create a key and print it, once."""
-    if expires is not None and expires <= utcnow():
-        raise click.BadParameter(f"{expires:%Y-%m-%d %H:%M} UTC is in the past", param_hint="--expires")
     try:
-        key, plaintext = keys.create_key(name, expires_at=expires, rate_limit=rate_limit, source="cli")
+        key, plaintext = keys.create_key(
+            name, expires_at=expires, rate_limit=rate_limit, source="cli", by=CLI_ADDR
+        )
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--name") from None
-    audit.record("key.created", f"key_id={key.key_id} name={key.name!r}", CLI_ADDR)
     _show_new_secret(key.key_id, plaintext, as_json, "Created key")
 
 
@@ -225,8 +232,7 @@ def list_(state: State, as_json: bool) -> None:
 @pass_db
 def revoke(state: State, key_id: str, as_json: bool) -> None:
     """Disable a key; `enable` brings it back."""
-    key = keys.revoke(key_id)
-    audit.record("key.revoked", f"key_id={key.key_id}", CLI_ADDR)
+    key = keys.revoke(key_id, by=CLI_ADDR)
     click.echo(
         json.dumps({"key_id": key.key_id, "status": "revoked"}) if as_json else f"Revoked {key.key_id}."
     )
@@ -238,8 +244,7 @@ def revoke(state: State, key_id: str, as_json: bool) -> None:
 @pass_db
 def enable(state: State, key_id: str, as_json: bool) -> None:
     """Enable a revoked key again."""
-    key = keys.enable(key_id)
-    audit.record("key.enabled", f"key_id={key.key_id}", CLI_ADDR)
+    key = keys.enable(key_id, by=CLI_ADDR)
     status = keys.key_status(key)
     click.echo(
         json.dumps({"key_id": key.key_id, "status": status})
@@ -255,8 +260,7 @@ def enable(state: State, key_id: str, as_json: bool) -> None:
 @pass_db
 def delete(state: State, key_id: str, as_json: bool) -> None:
     """Delete a key for good."""
-    keys.delete(key_id)
-    audit.record("key.deleted", f"key_id={key_id}", CLI_ADDR)
+    keys.delete(key_id, by=CLI_ADDR)
     click.echo(json.dumps({"key_id": key_id, "deleted": True}) if as_json else f"Deleted {key_id}.")
 
 
@@ -266,8 +270,7 @@ def delete(state: State, key_id: str, as_json: bool) -> None:
 @pass_db
 def rotate(state: State, key_id: str, as_json: bool) -> None:
     """Give a key a new secret and print it, once; the old secret stops working."""
-    plaintext = keys.rotate(key_id)
-    audit.record("key.rotated", f"key_id={key_id}", CLI_ADDR)
+    plaintext = keys.rotate(key_id, by=CLI_ADDR)
     _show_new_secret(key_id, plaintext, as_json, "Rotated key")
 
 
@@ -276,15 +279,15 @@ def rotate(state: State, key_id: str, as_json: bool) -> None:
 @json_option
 @pass_db
 def import_(state: State, file: Path, as_json: bool) -> None:
-    """Create or update keys from a JSON keys file ({"keys": [...]}), matched by key_id."""
-    counts = asdict(keys.import_keys_file(file))
-    audit.record(
-        "keys.imported", f"file={file.name} " + " ".join(f"{k}={v}" for k, v in counts.items()), CLI_ADDR
-    )
+    """Copy the keys of a keys file ({"keys": [...]}, the original auth proxy's format) into the
+    database once; key_ids already stored are skipped. (API_KEYS_FILE is the file the gateway follows.)"""
+    result = keys_file.copy_in(file, by=CLI_ADDR)
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)
     if as_json:
-        click.echo(json.dumps(counts))
+        click.echo(json.dumps(result.counts()))
     else:
-        click.echo(f"Imported {file}: " + ", ".join(f"{v} {k}" for k, v in counts.items()) + ".")
+        click.echo(f"Imported {file}: {result.created} created, {result.skipped} skipped (already stored).")
 
 
 USAGE_COLUMNS = [

@@ -8,6 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+# Beside the code, not in the current folder: the gateway, the admin and the CLI find the same
+# database wherever they are started from (in the container: /app/data).
+DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1] / "data"
+
 
 class ConfigError(ValueError):
     """A bad environment value; the message names the variable."""
@@ -22,8 +26,8 @@ class Settings:
     tls_key_file: Path | None
     force_https: bool
     trust_proxy: bool
-    rate_limit_requests: int
-    rate_limit_window: int
+    key_rate_limit_requests: int
+    key_rate_limit_window: int
     ip_rate_limit_requests: int
     ip_rate_limit_window: int
     global_rate_limit_requests: int
@@ -77,6 +81,19 @@ def _number(env: Mapping[str, str], name: str, default: float, *, kind=int, mini
     return value
 
 
+def _global_limit(env: Mapping[str, str], what: str, default: int) -> int:
+    # RATE_LIMIT_* is the global limit, as in the original auth proxy; 0.1's GLOBAL_RATE_LIMIT_*
+    # stays an alias. Two different values are refused: one of them was meant for something else.
+    name, alias = f"RATE_LIMIT_{what}", f"GLOBAL_RATE_LIMIT_{what}"
+    value, aliased = _number(env, name, None), _number(env, alias, None)
+    if value is not None and aliased is not None and value != aliased:
+        raise ConfigError(
+            f"{name}: {value} differs from {alias}={aliased}; both name the global limit "
+            f"(the per-key default is KEY_RATE_LIMIT_{what}): keep one"
+        )
+    return value if value is not None else aliased if aliased is not None else default
+
+
 def _port(env: Mapping[str, str], name: str, default: int) -> int:
     port = _number(env, name, default)
     if port > 65535:
@@ -116,24 +133,28 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     """Build the settings from `env` (default: os.environ); raise ConfigError on a bad value."""
     env = os.environ if env is None else env
     cert, key = _tls_files(env)
-    data_dir = Path(env.get("DATA_DIR", "").strip() or "./data")
+    data_dir = Path(env.get("DATA_DIR", "").strip() or DEFAULT_DATA_DIR)
     database_url = env.get("DATABASE_URL", "").strip() or f"sqlite:///{data_dir / 'gateway.db'}"
     if not database_url.startswith("sqlite"):
         raise ConfigError(f"DATABASE_URL: only sqlite:/// URLs are supported, got {database_url!r}")
+    global_requests = _global_limit(env, "REQUESTS", 100)
+    global_window = _global_limit(env, "WINDOW", 60)
     return Settings(
         privatemode_api_key=env.get("PRIVATEMODE_API_KEY") or None,
         admin_password=env.get("ADMIN_PASSWORD") or None,
+        # The original's default path: a migrating team's mounted file is found without the variable.
         api_keys_file=Path(env.get("API_KEYS_FILE", "").strip() or "/app/secrets/api_keys.json"),
         tls_cert_file=cert,
         tls_key_file=key,
         force_https=_bool(env, "FORCE_HTTPS", cert is not None),
         trust_proxy=_bool(env, "TRUST_PROXY", False),
-        rate_limit_requests=_number(env, "RATE_LIMIT_REQUESTS", 100),
-        rate_limit_window=_number(env, "RATE_LIMIT_WINDOW", 60),
+        # Unset, a key is bounded by the global limit alone, as in the original auth proxy.
+        key_rate_limit_requests=_number(env, "KEY_RATE_LIMIT_REQUESTS", global_requests),
+        key_rate_limit_window=_number(env, "KEY_RATE_LIMIT_WINDOW", global_window),
         ip_rate_limit_requests=_number(env, "IP_RATE_LIMIT_REQUESTS", 1000),
         ip_rate_limit_window=_number(env, "IP_RATE_LIMIT_WINDOW", 60),
-        global_rate_limit_requests=_number(env, "GLOBAL_RATE_LIMIT_REQUESTS", 1000),
-        global_rate_limit_window=_number(env, "GLOBAL_RATE_LIMIT_WINDOW", 60),
+        global_rate_limit_requests=global_requests,
+        global_rate_limit_window=global_window,
         upstream_url=_upstream_url(env),
         listen_host=env.get("LISTEN_HOST", "").strip() or "0.0.0.0",
         listen_port=_port(env, "LISTEN_PORT", 8080),

@@ -78,6 +78,9 @@ class ApiKey(BaseModel):
     rate_limit = IntegerField(null=True)
     last_used_at = UtcDateTimeField(null=True)
     source = TextField(default="cli")
+    # For source "file": the key's entry as API_KEYS_FILE last gave it (JSON, hashes only, never
+    # a plaintext key); None once the entry left the file. See storage/keys_file.py.
+    file_entry = TextField(null=True)
 
 
 class Setting(BaseModel):

@@ -10,8 +10,8 @@ from storage.models import Setting
 
 @dataclass(frozen=True)
 class Limits:
-    rate_limit_requests: int
-    rate_limit_window: int
+    key_rate_limit_requests: int  # for keys without a limit of their own
+    key_rate_limit_window: int
     ip_rate_limit_requests: int
     ip_rate_limit_window: int
     global_rate_limit_requests: int
@@ -21,6 +21,15 @@ class Limits:
     def from_settings(cls, settings: Settings) -> Limits:
         """The environment's values: the defaults that database values override."""
         return cls(**{name: getattr(settings, name) for name in LIMIT_NAMES})
+
+    def describe(self) -> str:
+        """One line for the start-up log."""
+        return (
+            f"global {self.global_rate_limit_requests} per {self.global_rate_limit_window} s, "
+            f"per key {self.key_rate_limit_requests} per {self.key_rate_limit_window} s "
+            f"(unless the key has its own), per client address {self.ip_rate_limit_requests} "
+            f"per {self.ip_rate_limit_window} s"
+        )
 
 
 LIMIT_NAMES = tuple(f.name for f in fields(Limits))

@@ -28,7 +28,7 @@ def state_changes(key_id: str) -> list[tuple[str, dict]]:
         (f"/admin/keys/{key_id}/enable", {}),
         (f"/admin/keys/{key_id}/rotate", {}),
         (f"/admin/keys/{key_id}/delete", {}),
-        ("/admin/settings/limits", {"rate_limit_requests": "1"}),
+        ("/admin/settings/limits", {"key_rate_limit_requests": "1"}),
         ("/admin/settings/limits/reset", {}),
         ("/admin/settings/prices", {"model": "evil", "input_per_mtok": "0"}),
         ("/admin/logout", {}),

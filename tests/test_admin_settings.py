@@ -10,8 +10,8 @@ from storage.settings import LIMIT_NAMES, Limits
 
 pytest_plugins = ("tests.admin_fixtures",)
 
-DEFAULTS = {"rate_limit_requests": 100, "rate_limit_window": 60, "ip_rate_limit_requests": 1000,
-            "ip_rate_limit_window": 60, "global_rate_limit_requests": 1000, "global_rate_limit_window": 60}
+DEFAULTS = {"key_rate_limit_requests": 100, "key_rate_limit_window": 60, "ip_rate_limit_requests": 1000,
+            "ip_rate_limit_window": 60, "global_rate_limit_requests": 100, "global_rate_limit_window": 60}
 
 
 def limits_now(settings) -> Limits:
@@ -39,15 +39,15 @@ def test_limits_show_the_values_in_force(client, logged_in):
 
 
 def test_save_limits_applies_and_audits_only_changes(client, logged_in, settings):
-    form = {**{name: str(value) for name, value in DEFAULTS.items()}, "rate_limit_requests": "250",
+    form = {**{name: str(value) for name, value in DEFAULTS.items()}, "key_rate_limit_requests": "250",
             "global_rate_limit_window": "120"}
     r = logged_in.post("/admin/settings/limits", form)
     assert r.status_code == 302 and r.headers["Location"] == "/admin/settings#limits"
     now = limits_now(settings)
-    assert now.rate_limit_requests == 250
+    assert now.key_rate_limit_requests == 250
     assert (now.global_rate_limit_window, now.ip_rate_limit_requests) == (120, 1000)
     changes = sorted(e.detail for e in audit.recent() if e.action == "limit.changed")
-    assert changes == ["global_rate_limit_window: 60 -> 120", "rate_limit_requests: 100 -> 250"]
+    assert changes == ["global_rate_limit_window: 60 -> 120", "key_rate_limit_requests: 100 -> 250"]
     assert "Saved 2 limit(s)" in client.get("/admin/settings").text
 
 
@@ -60,7 +60,7 @@ def test_save_limits_refuses_bad_values(client, logged_in, settings, bad):
 
 
 def test_reset_limits(client, logged_in, settings):
-    limits_store.set_limit("rate_limit_requests", 5)
+    limits_store.set_limit("key_rate_limit_requests", 5)
     logged_in.post("/admin/settings/limits/reset")
     assert limits_now(settings) == Limits(**DEFAULTS)
     assert audit.recent()[0].action == "limit.reset"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -12,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from scripts.manage_keys import cli
-from storage import audit, keys, usage
+from storage import audit, config, keys, usage
 from storage.db import close_database, open_database, revision
 from storage.usage import UsageRecord
 
@@ -67,7 +68,8 @@ def test_create_json_is_exactly_id_and_key(run):
     assert set(document) == {"key_id", "api_key"}
     key = keys.get_key(document["key_id"])
     assert key.key_hash == keys.hash_key(document["api_key"])
-    assert key.expires_at == datetime(2099, 12, 31, tzinfo=UTC)
+    # Valid through that day, as in the admin.
+    assert key.expires_at == datetime(2099, 12, 31, 23, 59, 59, tzinfo=UTC)
     assert revision() == start + 1
 
 
@@ -75,7 +77,8 @@ def test_create_json_is_exactly_id_and_key(run):
     ("args", "message"),
     [
         (["--name", "x", "--expires", "soon"], "--expires"),
-        (["--name", "x", "--expires", "2001-01-01"], "in the past"),
+        (["--name", "x", "--expires", "2001-01-01"], "already past"),
+        (["--name", "x" * 101], "at most 100"),
         (["--name", "x", "--rate-limit", "0"], "--rate-limit"),
         (["--name", "  "], "name"),
         ([], "--name"),
@@ -153,17 +156,18 @@ def test_rotate(run, db_path):
 def test_import(run, tmp_path, db_path):
     path = tmp_path / "api_keys.json"
     secret = "pmg_from_the_seed_file_0123456789"
-    path.write_text(json.dumps({"keys": [{"key_id": "key_seed", "api_key": secret, "name": "seed"}]}))
+    entry = {"key_id": "key_seed", "api_key": secret, "name": "seed", "team": "a"}
+    path.write_text(json.dumps({"keys": [entry]}))
     result = run("import", str(path))
     assert result.exit_code == 0, result.output
-    assert "1 created, 0 updated, 0 unchanged" in result.output
-    assert json.loads(run("import", str(path), "--json").stdout) == {
-        "created": 0,
-        "updated": 0,
-        "unchanged": 1,
-    }
-    assert keys.get_key("key_seed").source == "file"
-    assert audit.recent(1)[0].detail == "file=api_keys.json created=0 updated=0 unchanged=1"
+    assert "1 created, 0 skipped" in result.stdout
+    assert "warning: " in result.stderr and "unknown field(s) 'team'" in result.stderr
+    assert json.loads(run("import", str(path), "--json").stdout)["skipped"] == 1
+    assert keys.get_key("key_seed").source == "cli", "an ordinary key: API_KEYS_FILE does not manage it"
+    entry = audit.recent(1)[0]
+    assert (entry.action, entry.detail, entry.client_addr) == (
+        "key.created", "key_id=key_seed name='seed' from cli", "cli"
+    )
     assert secret.encode() not in stored_bytes(db_path)
 
 
@@ -172,7 +176,7 @@ def test_import_bad_file(run, tmp_path):
     path.write_text(json.dumps({"keys": [{"key_id": "key_seed", "name": "no secret"}]}))
     result = run("import", str(path))
     assert result.exit_code == 1
-    assert "entry 0 (key_seed): needs api_key or key_hash" in result.output
+    assert "entry 0 ('key_seed'): needs api_key (or key) or key_hash" in result.output
     assert run("import", str(tmp_path / "missing.json")).exit_code == 2
     assert audit.recent() == []
 
@@ -234,13 +238,42 @@ def test_database_url_from_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
     # An unrelated bad variable must not stop key management.
     monkeypatch.setenv("LISTEN_PORT", "not a port")
+    open_database(f"sqlite:///{tmp_path / 'data' / 'gateway.db'}")
+    keys.create_key("in DATA_DIR")
     runner = CliRunner()
-    assert runner.invoke(cli, ["list"]).exit_code == 0
-    assert (tmp_path / "data" / "gateway.db").exists()
+    assert "in DATA_DIR" in runner.invoke(cli, ["list"]).output
     url = f"sqlite:///{tmp_path / 'other.db'}"
-    assert runner.invoke(cli, ["list"], env={"DATABASE_URL": url}).exit_code == 0
-    assert (tmp_path / "other.db").exists()
+    open_database(url)
+    keys.create_key("in DATABASE_URL")
+    assert "in DATABASE_URL" in runner.invoke(cli, ["list"], env={"DATABASE_URL": url}).output
     close_database()
+
+
+@pytest.mark.parametrize("command", [["list"], ["usage"], ["create", "--name", "x"], ["revoke", "key_x"]])
+def test_no_database_is_ever_created_where_no_gateway_runs(tmp_path, monkeypatch, command):
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "elsewhere"))
+    result = CliRunner().invoke(cli, command)
+    assert result.exit_code == 1
+    assert f"no database at {tmp_path / 'elsewhere' / 'gateway.db'}" in result.output
+    assert "DATA_DIR" in result.output and "pmg_" not in result.output
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_from_another_folder_it_looks_where_the_gateway_keeps_its_database(tmp_path):
+    # Neither sets DATA_DIR: both use the data folder beside the code, not the current folder.
+    env = {k: v for k, v in os.environ.items() if k not in ("DATA_DIR", "DATABASE_URL")}
+    script = ROOT / "scripts" / "manage_keys.py"
+    run = subprocess.run(
+        [sys.executable, str(script), "list"], capture_output=True, text=True, timeout=30, cwd=tmp_path,
+        env=env,
+    )
+    assert config.load({}).data_dir == ROOT / "data"
+    assert not (tmp_path / "data").exists()
+    if not (ROOT / "data" / "gateway.db").exists():  # a clean clone: refused, naming where it looked
+        assert run.returncode == 1 and f"no database at {ROOT / 'data' / 'gateway.db'}" in run.stderr
+    else:
+        assert run.returncode == 0, run.stderr
 
 
 def test_help_does_not_touch_the_database(tmp_path):
@@ -255,8 +288,8 @@ def test_unusable_database_url(tmp_path):
     assert result.exit_code == 1 and "cannot open the database" in result.output
 
 
-def test_runs_as_a_script(tmp_path):
-    url = f"sqlite:///{tmp_path / 'gateway.db'}"
+def test_runs_as_a_script(tmp_path, db_path):
+    url = f"sqlite:///{db_path}"
     script = ROOT / "scripts" / "manage_keys.py"
     run = subprocess.run(
         [sys.executable, str(script), "--database-url", url, "create", "--name", "s", "--json"],

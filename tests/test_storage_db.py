@@ -113,7 +113,7 @@ def test_raw_sql_from_another_connection_bumps_revision(db_path):
     conn = sqlite3.connect(db_path)
     try:
         with conn:
-            conn.execute("INSERT INTO setting (name, value) VALUES ('rate_limit_requests', '5')")
+            conn.execute("INSERT INTO setting (name, value) VALUES ('key_rate_limit_requests', '5')")
             conn.execute("UPDATE setting SET value = '6'")
             conn.execute("UPDATE price SET input_per_mtok = 1 WHERE model = '*'")
             conn.execute("DELETE FROM setting")
@@ -124,9 +124,9 @@ def test_raw_sql_from_another_connection_bumps_revision(db_path):
 
 def test_settings_and_prices_bump_revision(db_path):
     start = revision()
-    settings.set_limit("rate_limit_requests", 10)  # insert
-    settings.set_limit("rate_limit_requests", 11)  # update
-    settings.reset_limit("rate_limit_requests")  # delete
+    settings.set_limit("key_rate_limit_requests", 10)  # insert
+    settings.set_limit("key_rate_limit_requests", 11)  # update
+    settings.reset_limit("key_rate_limit_requests")  # delete
     prices.set_price("new-model", input_per_mtok=1)  # insert
     prices.set_price("new-model", output_per_mtok=1)  # update
     prices.delete_price("new-model")  # delete

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from storage import keys
-from storage.keys import KeyNotFound, KeysFileError
+from storage import audit, keys
+from storage.keys import KeyNotFound
 
 
 def stored_bytes(db_path) -> bytes:
@@ -121,134 +120,45 @@ def test_key_status_expiry(db_path):
     assert keys.key_status(keys.get_key(key.key_id), now - timedelta(days=1)) == "revoked"
 
 
-# -- keys file ----------------------------------------------------------------------------------
-
-
-def write_keys(tmp_path, entries, name="api_keys.json"):
-    path = tmp_path / name
-    path.write_text(json.dumps({"keys": entries}))
-    return path
-
-
-PLAIN = "pmg_seed_plaintext_key_0123456789abcdef"
-
-
-def seed_entries():
-    return [
-        {
-            "key_id": "key_seed00000001",
-            "api_key": PLAIN,
-            "name": "seed",
-            "created_at": "2025-01-02T03:04:05Z",
-            "expires_at": None,
-            "rate_limit": None,
-            "enabled": True,
-        },
-        {
-            "key_id": "key_seed00000002",
-            "key_hash": hashlib.sha256(b"another").hexdigest().upper(),
-            "name": "hashed",
-            "created_at": "2025-01-02",
-            "expires_at": "2032-06-30T00:00:00+02:00",
-            "rate_limit": 20,
-        },
+def test_every_change_writes_its_audit_row_in_one_place(db_path):
+    key, _ = keys.create_key("n8n", source="admin", by="203.0.113.7")
+    keys.update(key.key_id, name="n8n prod", rate_limit=5, by="203.0.113.7")
+    keys.update(key.key_id, name="n8n prod", by="cli")  # nothing changed: nothing audited
+    keys.revoke(key.key_id, by="cli")
+    keys.enable(key.key_id, by="cli")
+    keys.rotate(key.key_id, by="cli")
+    keys.delete(key.key_id, by="cli")
+    rows = [(e.action, e.detail, e.client_addr) for e in reversed(audit.recent())]
+    assert rows == [
+        ("key.created", f"key_id={key.key_id} name='n8n'", "203.0.113.7"),
+        ("key.updated", f"key_id={key.key_id} name='n8n prod' rate_limit=5", "203.0.113.7"),
+        ("key.revoked", f"key_id={key.key_id}", "cli"),
+        ("key.enabled", f"key_id={key.key_id}", "cli"),
+        ("key.rotated", f"key_id={key.key_id}", "cli"),
+        ("key.deleted", f"key_id={key.key_id} name='n8n prod'", "cli"),
     ]
 
 
-def test_import_creates_then_leaves_unchanged(db_path, tmp_path):
-    path = write_keys(tmp_path, seed_entries())
-    assert keys.import_keys_file(path) == keys.ImportResult(created=2, updated=0, unchanged=0)
-    plain = keys.get_key("key_seed00000001")
-    assert plain.key_hash == keys.hash_key(PLAIN)
-    assert plain.prefix == PLAIN[:12]
-    assert plain.source == "file"
-    assert plain.created_at == datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
-    hashed = keys.get_key("key_seed00000002")
-    assert hashed.key_hash == hashlib.sha256(b"another").hexdigest()
-    assert hashed.prefix == keys.HASHED_PREFIX
-    assert hashed.expires_at == datetime(2032, 6, 29, 22, tzinfo=UTC)
-    assert hashed.rate_limit == 20 and hashed.enabled
-    assert PLAIN.encode() not in stored_bytes(db_path)
-    assert keys.import_keys_file(path) == keys.ImportResult(created=0, updated=0, unchanged=2)
-
-
-def test_import_updates_changed_entries(db_path, tmp_path):
-    entries = seed_entries()
-    keys.import_keys_file(write_keys(tmp_path, entries))
-    entries[0]["enabled"] = False
-    entries[1]["rate_limit"] = None
-    # Only the hash of the first key now, which is the same key: its prefix is kept.
-    del entries[0]["api_key"]
-    entries[0]["key_hash"] = keys.hash_key(PLAIN)
-    result = keys.import_keys_file(write_keys(tmp_path, entries))
-    assert result == keys.ImportResult(created=0, updated=2, unchanged=0)
-    first = keys.get_key("key_seed00000001")
-    assert first.enabled is False and first.revoked_at is not None
-    assert first.prefix == PLAIN[:12]
-    assert keys.get_key("key_seed00000002").rate_limit is None
-
-
-def test_import_takes_over_a_cli_key_by_id(db_path, tmp_path):
-    key, _ = keys.create_key("made by hand")
-    entry = {"key_id": key.key_id, "api_key": PLAIN, "name": "from file"}
-    assert keys.import_keys_file(write_keys(tmp_path, [entry])).updated == 1
-    taken = keys.get_key(key.key_id)
-    assert (taken.name, taken.source, taken.key_hash) == ("from file", "file", keys.hash_key(PLAIN))
-
-
 @pytest.mark.parametrize(
-    ("change", "message"),
-    [
-        (lambda e: e.pop("key_id"), "entry 0: key_id"),
-        (lambda e: e.pop("api_key"), "needs api_key or key_hash"),
-        (lambda e: e.update(key_hash="abc"), "key_hash"),
-        (lambda e: e.update(key_hash="0" * 64), "not the SHA-256"),
-        (lambda e: e.update(expires_at="next year"), r"\(key_seed00000001\): expires_at"),
-        (lambda e: e.update(expires_at=5), "expires_at"),
-        (lambda e: e.update(rate_limit="10"), "rate_limit"),
-        (lambda e: e.update(enabled="yes"), "enabled"),
-        (lambda e: e.update(name=3), "name"),
-        (lambda e: e.update(expire_at="2030-01-01"), "unknown field.*expire_at"),
-    ],
+    ("name", "message"),
+    [("", "must not be empty"), ("x" * 101, "at most 100"), ("a\nb", "control"), ("\x1b]0;x\x07", "control")],
 )
-def test_import_names_the_bad_entry(db_path, tmp_path, change, message):
-    entries = seed_entries()
-    change(entries[0])
-    with pytest.raises(KeysFileError, match=message):
-        keys.import_keys_file(write_keys(tmp_path, entries))
-    assert keys.list_keys() == []
+def test_name_rules_are_the_same_for_every_caller(db_path, name, message):
+    with pytest.raises(ValueError, match=message):
+        keys.create_key(name)
+    key, _ = keys.create_key("ok")
+    with pytest.raises(ValueError, match=message):
+        keys.update(key.key_id, name=name)
 
 
-@pytest.mark.parametrize(
-    ("content", "message"),
-    [
-        ("{not json", "not valid JSON"),
-        ('["key"]', "expected an object"),
-        ('{"keys": {}}', "expected an object"),
-        ('{"keys": ["key"]}', "entry 0: must be an object"),
-    ],
-)
-def test_import_refuses_a_bad_file(db_path, tmp_path, content, message):
-    path = tmp_path / "api_keys.json"
-    path.write_text(content)
-    with pytest.raises(KeysFileError, match=message):
-        keys.import_keys_file(path)
-
-
-def test_import_missing_file(db_path, tmp_path):
-    with pytest.raises(KeysFileError, match="cannot read"):
-        keys.import_keys_file(tmp_path / "nope.json")
-
-
-def test_import_refuses_duplicates_and_is_all_or_nothing(db_path, tmp_path):
-    entries = seed_entries()
-    with pytest.raises(KeysFileError, match="entry 2 .*twice"):
-        keys.import_keys_file(write_keys(tmp_path, [*entries, dict(entries[0], key_id="key_other")]))
-    with pytest.raises(KeysFileError, match="key_id appears twice"):
-        keys.import_keys_file(write_keys(tmp_path, [*entries, dict(entries[1], key_hash="1" * 64)]))
-    # The same secret already stored under another id: refused, and nothing is written.
-    key, plaintext = keys.create_key("existing")
-    clash = {"key_id": "key_clash", "api_key": plaintext}
-    with pytest.raises(KeysFileError, match=f"already stored as {key.key_id}"):
-        keys.import_keys_file(write_keys(tmp_path, [*entries, clash]))
-    assert [k.key_id for k in keys.list_keys()] == [key.key_id]
+def test_an_expiry_date_is_valid_through_that_day():
+    now = datetime(2026, 5, 1, 12, tzinfo=UTC)
+    assert keys.parse_expiry(" ", now) is None
+    assert keys.parse_expiry("2026-05-01", now) == datetime(2026, 5, 1, 23, 59, 59, tzinfo=UTC)
+    assert keys.parse_expiry("2026-05-01T18:00:00+02:00", now) == datetime(2026, 5, 1, 16, tzinfo=UTC)
+    assert keys.parse_expiry("2026-05-01T13:00", now) == datetime(2026, 5, 1, 13, tzinfo=UTC)
+    for past in ("2026-04-30", "2026-05-01T12:00:00Z"):
+        with pytest.raises(ValueError, match="already past"):
+            keys.parse_expiry(past, now)
+    with pytest.raises(ValueError, match="not a date"):
+        keys.parse_expiry("31.12.2026", now)

@@ -17,13 +17,13 @@ def test_defaults_apply_without_stored_values(db_path):
 
 
 def test_from_settings_reads_the_environment():
-    env = {"RATE_LIMIT_REQUESTS": "7", "IP_RATE_LIMIT_WINDOW": "30", "GLOBAL_RATE_LIMIT_REQUESTS": "15"}
+    env = {"KEY_RATE_LIMIT_REQUESTS": "7", "IP_RATE_LIMIT_WINDOW": "30", "RATE_LIMIT_REQUESTS": "15"}
     limits = Limits.from_settings(config.load(env))
-    assert (limits.rate_limit_requests, limits.ip_rate_limit_window) == (7, 30)
+    assert (limits.key_rate_limit_requests, limits.ip_rate_limit_window) == (7, 30)
     assert limits.global_rate_limit_requests == 15
     assert set(LIMIT_NAMES) == {
-        "rate_limit_requests",
-        "rate_limit_window",
+        "key_rate_limit_requests",
+        "key_rate_limit_window",
         "ip_rate_limit_requests",
         "ip_rate_limit_window",
         "global_rate_limit_requests",
@@ -32,26 +32,26 @@ def test_from_settings_reads_the_environment():
 
 
 def test_stored_values_override_and_reset(db_path):
-    assert settings.set_limit("rate_limit_requests", 5) == 5
+    assert settings.set_limit("key_rate_limit_requests", 5) == 5
     assert settings.set_limit("ip_rate_limit_window", "120") == 120
-    assert settings.set_limit("rate_limit_requests", 6.0) == 6
+    assert settings.set_limit("key_rate_limit_requests", 6.0) == 6
     limits = settings.load_limits(DEFAULTS)
-    assert (limits.rate_limit_requests, limits.ip_rate_limit_window) == (6, 120)
-    assert limits.rate_limit_window == DEFAULTS.rate_limit_window
-    assert settings.reset_limit("rate_limit_requests") is True
-    assert settings.reset_limit("rate_limit_requests") is False
-    assert settings.load_limits(DEFAULTS).rate_limit_requests == DEFAULTS.rate_limit_requests
+    assert (limits.key_rate_limit_requests, limits.ip_rate_limit_window) == (6, 120)
+    assert limits.key_rate_limit_window == DEFAULTS.key_rate_limit_window
+    assert settings.reset_limit("key_rate_limit_requests") is True
+    assert settings.reset_limit("key_rate_limit_requests") is False
+    assert settings.load_limits(DEFAULTS).key_rate_limit_requests == DEFAULTS.key_rate_limit_requests
 
 
 @pytest.mark.parametrize(
     ("name", "value", "message"),
     [
-        ("rate_limit_requests", 0, "positive integer"),
-        ("rate_limit_requests", -3, "positive integer"),
-        ("rate_limit_requests", "ten", "positive integer"),
-        ("rate_limit_requests", 2.5, "positive integer"),
-        ("rate_limit_requests", True, "positive integer"),
-        ("rate_limit_requests", None, "positive integer"),
+        ("key_rate_limit_requests", 0, "positive integer"),
+        ("key_rate_limit_requests", -3, "positive integer"),
+        ("key_rate_limit_requests", "ten", "positive integer"),
+        ("key_rate_limit_requests", 2.5, "positive integer"),
+        ("key_rate_limit_requests", True, "positive integer"),
+        ("key_rate_limit_requests", None, "positive integer"),
         ("max_body_mb", 5, "unknown setting"),
     ],
 )
@@ -69,6 +69,6 @@ def test_reset_unknown_limit(db_path):
 def test_a_bad_value_written_by_hand_keeps_the_default(db_path):
     conn = sqlite3.connect(db_path)
     with conn:
-        conn.execute("INSERT INTO setting VALUES ('rate_limit_requests', 'lots'), ('other', 'x')")
+        conn.execute("INSERT INTO setting VALUES ('key_rate_limit_requests', 'lots'), ('other', 'x')")
     conn.close()
     assert settings.load_limits(DEFAULTS) == DEFAULTS

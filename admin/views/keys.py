@@ -53,8 +53,9 @@ def create():
     except ValueError as exc:
         flash(str(exc), "error")
         return _list_page(request.form, 400)
-    key, plaintext = keys.create_key(name, expires_at=expires_at, rate_limit=rate_limit, source="admin")
-    events.record("key.created", f"key_id={key.key_id} name={name!r}")
+    key, plaintext = keys.create_key(
+        name, expires_at=expires_at, rate_limit=rate_limit, source="admin", by=events.client_addr()
+    )
     return _show_once(key, plaintext, rotated=False)
 
 
@@ -81,26 +82,16 @@ def edit(key_id: str):
     if not changes:
         flash("Nothing changed.", "info")
         return redirect(url_for("keys.edit", key_id=key_id))
-    keys.update(key_id, **changes)
-    described = ", ".join(f"{name}={_describe(value)}" for name, value in changes.items())
-    events.record("key.updated", f"key_id={key_id} {described}")
+    keys.update(key_id, by=events.client_addr(), **changes)
+    described = ", ".join(f"{name}={keys.describe(value)}" for name, value in changes.items())
     flash(f"Saved {key.name}: {described}.", "success")
     return redirect(url_for("keys.index"))
-
-
-def _describe(value) -> str:
-    if value is None:
-        return "none"
-    if hasattr(value, "isoformat"):
-        return value.isoformat(timespec="seconds")
-    return repr(value) if isinstance(value, str) else str(value)
 
 
 @bp.post("/keys/<key_id>/revoke")
 def revoke(key_id: str):
     key = _get(key_id)
-    keys.revoke(key_id)
-    events.record("key.revoked", f"key_id={key_id}")
+    keys.revoke(key_id, by=events.client_addr())
     flash(f"Revoked {key.name}: it stops working within a second.", "success")
     return redirect(url_for("keys.index"))
 
@@ -108,8 +99,7 @@ def revoke(key_id: str):
 @bp.post("/keys/<key_id>/enable")
 def enable(key_id: str):
     key = _get(key_id)
-    keys.enable(key_id)
-    events.record("key.enabled", f"key_id={key_id}")
+    keys.enable(key_id, by=events.client_addr())
     flash(f"Enabled {key.name} again.", "success")
     return redirect(url_for("keys.index"))
 
@@ -119,8 +109,7 @@ def rotate(key_id: str):
     key = _get(key_id)
     if request.method == "GET":
         return render_template("keys/confirm.html", key=key, action="rotate")
-    plaintext = keys.rotate(key_id)
-    events.record("key.rotated", f"key_id={key_id}")
+    plaintext = keys.rotate(key_id, by=events.client_addr())
     return _show_once(_get(key_id), plaintext, rotated=True)
 
 
@@ -129,7 +118,6 @@ def delete(key_id: str):
     key = _get(key_id)
     if request.method == "GET":
         return render_template("keys/confirm.html", key=key, action="delete")
-    keys.delete(key_id)
-    events.record("key.deleted", f"key_id={key_id} name={key.name!r}")
+    keys.delete(key_id, by=events.client_addr())
     flash(f"Deleted {key.name}. Its usage history is kept.", "success")
     return redirect(url_for("keys.index"))

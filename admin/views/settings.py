@@ -12,7 +12,7 @@ from storage.settings import LIMIT_NAMES
 bp = Blueprint("settings", __name__, url_prefix="/admin")
 
 LIMIT_GROUPS = (
-    ("Per key", "rate_limit_requests", "rate_limit_window",
+    ("Per key", "key_rate_limit_requests", "key_rate_limit_window",
      "Default for every key; a key's own rate limit replaces the number of requests."),
     ("Per client address", "ip_rate_limit_requests", "ip_rate_limit_window",
      "Counts every request from one address, with or without a valid key."),
