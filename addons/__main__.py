@@ -9,7 +9,7 @@ import signal
 import sys
 import time
 
-from mitmproxy import options
+from mitmproxy import exceptions, options
 from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig
 from mitmproxy.master import Master
 
@@ -88,10 +88,10 @@ def main() -> int:
     logging.getLogger("mitmproxy").setLevel(logging.WARNING)
     try:
         settings = config.load()
-    except config.ConfigError as e:
+        return asyncio.run(serve(settings))
+    except (config.ConfigError, exceptions.OptionsError) as e:
         print(f"gateway: configuration error: {e}", file=sys.stderr)
         return 2
-    return asyncio.run(serve(settings))
 
 
 if __name__ == "__main__":

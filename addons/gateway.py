@@ -14,7 +14,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from mitmproxy import ctx, http
+from mitmproxy import ctx, exceptions, http
 
 # Loaded as a script, only addons/ is on sys.path; our packages live one folder up.
 _ROOT = str(Path(__file__).resolve().parents[1])
@@ -24,18 +24,23 @@ if _ROOT not in sys.path:
 from addons import engine, errors, routes  # noqa: E402
 from addons.health import Health  # noqa: E402
 from addons.limits import Limiter, Verdict  # noqa: E402
-from addons.live import LiveData  # noqa: E402
+from addons.live import KeyEntry, LiveData, Snapshot  # noqa: E402
 from addons.metering import META, RequestInfo, finished  # noqa: E402
 from addons.sse import SseUsageTap  # noqa: E402
 from addons.timeouts import UpstreamTimeouts  # noqa: E402
 from addons.tls import CHECK_SECONDS, CertificateBundle  # noqa: E402
 from addons.usage import json_object  # noqa: E402
 from addons.writer import UsageWriter  # noqa: E402
-from storage import config, db  # noqa: E402
-from storage.settings import Limits  # noqa: E402
+from storage import config, db, keys_file  # noqa: E402
+from storage.settings import Limits, load_limits  # noqa: E402
 
 log = logging.getLogger("gateway")
-KEY_HEADERS = ("authorization", "x-api-key")
+# What an OpenAI or Anthropic API call needs; everything else a client sends (cookies, client
+# addresses, tracing and SDK telemetry headers) stays here: privatemode-proxy passes headers on
+# to Privatemode. Compression is not asked for, so usage can be read from what comes back.
+FORWARDED_HEADERS = frozenset({b"content-type", b"content-length", b"content-encoding", b"transfer-encoding",
+                               b"accept"})
+FORWARDED_PREFIXES = (b"openai-", b"anthropic-")
 
 
 class Gateway:
@@ -56,7 +61,14 @@ class Gateway:
     def load(self, loader) -> None:
         s = self.settings = self.settings or config.load()
         db.open_database(s.database_url)
-        self.live = LiveData(Limits.from_settings(s), s.api_keys_file)
+        defaults = Limits.from_settings(s)
+        self.live = LiveData(defaults, s.api_keys_file)
+        try:
+            self.live.load_keys_file()
+        except keys_file.KeysFileError as e:
+            # OptionsError is what mitmproxy lets through its loader: start-up stops on it.
+            raise exceptions.OptionsError(f"API_KEYS_FILE: {e}") from None
+        log.info("rate limits in force: %s", load_limits(defaults).describe())
         self.writer = UsageWriter(lambda: self.live.snapshot.prices)
         self.timeouts = UpstreamTimeouts(s.upstream_timeout)
         self.upstream_host = "{}:{}".format(*s.upstream_address)
@@ -107,13 +119,21 @@ class Gateway:
 
     # -- hooks -----------------------------------------------------------------------------
 
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
+    def requestheaders(self, flow: http.HTTPFlow):
         try:
-            self._admit(flow)
+            recheck = self._admit(flow)
         except Exception:
-            log.exception("admission failed; refusing the request")
-            flow.request.stream = False
-            flow.response = errors.internal_error()
+            _refuse_after_failure(flow)
+            return None
+        # Only a key about to be refused waits: mitmproxy awaits a hook that returns a coroutine.
+        return recheck
+
+    async def _admit_after_fresh_look(self, flow: http.HTTPFlow, digest: str, ip_verdict: Verdict) -> None:
+        try:
+            snapshot = await self.live.fresh_snapshot()
+            self._admit_key(flow, snapshot, snapshot.keys_by_hash.get(digest), ip_verdict)
+        except Exception:
+            _refuse_after_failure(flow)
 
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.response:
@@ -173,7 +193,8 @@ class Gateway:
 
     # -- admission -------------------------------------------------------------------------
 
-    def _admit(self, flow: http.HTTPFlow) -> None:
+    def _admit(self, flow: http.HTTPFlow):
+        """Decide on the request's headers; returns a coroutine when a key needs a fresh look."""
         s, snapshot = self.settings, self.live.snapshot
         request = flow.request
         path = request.path.split("?", 1)[0]
@@ -186,7 +207,7 @@ class Gateway:
             status, body = self.health.report(self.writer.last_error)
             flow.response = errors.json_response(status, body)
             return
-        if s.force_https and not flow.client_conn.tls_established:
+        if s.force_https and not self._client_used_https(flow):
             flow.response = errors.error_response(
                 403, "HTTPS required.", "invalid_request_error", "https_required"
             )
@@ -203,18 +224,24 @@ class Gateway:
             return
 
         presented = _take_key(request)
-        entry = (
-            snapshot.keys_by_hash.get(hashlib.sha256(presented.encode()).hexdigest()) if presented else None
-        )
-        if entry is None:
-            reason = "Missing API key." if not presented else "Invalid API key."
-            flow.response = errors.invalid_api_key(reason)
-            return
-        if not entry.enabled:
-            flow.response = errors.invalid_api_key("This API key has been revoked.")
-            return
-        if entry.expires_at is not None and entry.expires_at <= datetime.now(UTC):
-            flow.response = errors.invalid_api_key("This API key has expired.")
+        if not presented:
+            flow.response = errors.invalid_api_key("Missing API key.")
+            return None
+        digest = hashlib.sha256(presented.encode()).hexdigest()
+        entry = snapshot.keys_by_hash.get(digest)
+        if _refusal(entry) is None:
+            self._admit_key(flow, snapshot, entry, ip_verdict)
+            return None
+        # About to refuse: decide on the database as it is now, not as it was at the last poll.
+        return self._admit_after_fresh_look(flow, digest, ip_verdict)
+
+    def _admit_key(self, flow: http.HTTPFlow, snapshot: Snapshot, entry: KeyEntry | None, ip_verdict) -> None:
+        info: RequestInfo = flow.metadata[META]
+        request = flow.request
+        s = self.settings
+        refusal = _refusal(entry)
+        if refusal:
+            flow.response = errors.invalid_api_key(refusal)
             return
         info.key_id = entry.key_id
 
@@ -230,6 +257,7 @@ class Gateway:
             return
         info.verdict = verdict
         info.admitted = True
+        request.headers.fields = tuple(field for field in request.headers.fields if _forwarded(field[0]))
         request.host_header = self.upstream_host  # the client's Host was kept for the admin's sake
         if info.route.stream_upload and declared.isdigit():
             # Streamed only with a declared size, checked above: mitmproxy does not count the
@@ -248,6 +276,15 @@ class Gateway:
                 return forwarded[-1]
         return peer
 
+    def _client_used_https(self, flow: http.HTTPFlow) -> bool:
+        if flow.client_conn.tls_established:
+            return True
+        if not self.settings.trust_proxy:
+            return False
+        # TLS ended at our trusted proxy: the scheme it saw is the last one it set or appended.
+        forwarded = flow.request.headers.get("x-forwarded-proto", "").split(",")[-1].strip().lower()
+        return forwarded == "https"
+
     def _route_to_admin(self, flow: http.HTTPFlow, info: RequestInfo) -> None:
         request = flow.request
         public_host = request.host_header or ""  # kept by keep_host_header: the name clients use
@@ -256,7 +293,7 @@ class Gateway:
         # Set by us, replacing whatever the client sent: the admin trusts these headers.
         request.headers["x-forwarded-host"] = public_host
         request.headers["x-forwarded-for"] = info.client_ip
-        request.headers["x-forwarded-proto"] = "https" if flow.client_conn.tls_established else "http"
+        request.headers["x-forwarded-proto"] = "https" if self._client_used_https(flow) else "http"
         request.headers["x-forwarded-prefix"] = "/admin"
         request.stream = True
 
@@ -301,6 +338,28 @@ class Gateway:
         self.in_flight -= 1
         metered = bool(info.key_id) and info.route.kind is routes.Kind.API
         self.writer.put(finished(info, flow.request.method, status, usage, model, complete, metered, body))
+
+
+def _forwarded(name: bytes) -> bool:
+    lowered = name.lower()
+    return lowered in FORWARDED_HEADERS or lowered.startswith(FORWARDED_PREFIXES)
+
+
+def _refusal(entry: KeyEntry | None) -> str | None:
+    """Why a key is refused, or None if it may be used."""
+    if entry is None:
+        return "Invalid API key."
+    if not entry.enabled:
+        return "This API key has been revoked."
+    if entry.expires_at is not None and entry.expires_at <= datetime.now(UTC):
+        return "This API key has expired."
+    return None
+
+
+def _refuse_after_failure(flow: http.HTTPFlow) -> None:
+    log.exception("admission failed; refusing the request")  # fail closed
+    flow.request.stream = False
+    flow.response = errors.internal_error()
 
 
 def _take_key(request: http.Request) -> str | None:

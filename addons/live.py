@@ -3,11 +3,13 @@
 A thread polls `storage.db.revision()` (one indexed read, bumped by triggers on every change
 to keys, settings and prices) a few times a second and reloads only when it moved, so a key
 revoked by the CLI or the admin is refused within a second and no request queries the database.
-The same thread re-imports API_KEYS_FILE when its modification time changes.
+The same thread follows API_KEYS_FILE (storage/keys_file.py) when its modification time changes;
+a file that cannot be used is an error at start, and while running keeps the last good keys.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from dataclasses import dataclass
@@ -15,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 
 from addons.limits import Rule
-from storage import db, keys, prices, settings
+from storage import db, keys, keys_file, prices, settings
 
 log = logging.getLogger("gateway.live")
 POLL_SECONDS = 0.25
@@ -41,10 +43,10 @@ class Snapshot:
 def load_snapshot(default_limits: settings.Limits) -> Snapshot:
     revision = db.revision()
     limits = settings.load_limits(default_limits)
-    window = limits.rate_limit_window
+    window = limits.key_rate_limit_window
     entries = {
         k.key_hash: KeyEntry(
-            k.key_id, k.enabled, k.expires_at, Rule(k.rate_limit or limits.rate_limit_requests, window)
+            k.key_id, k.enabled, k.expires_at, Rule(k.rate_limit or limits.key_rate_limit_requests, window)
         )
         for k in keys.list_keys()
     }
@@ -58,16 +60,29 @@ def load_snapshot(default_limits: settings.Limits) -> Snapshot:
 
 
 class LiveData:
-    def __init__(self, default_limits: settings.Limits, keys_file: Path | None) -> None:
+    def __init__(self, default_limits: settings.Limits, keys_path: Path | None) -> None:
         self.default_limits = default_limits
-        self.keys_file = keys_file
-        self._keys_file_mtime: float | None = None
+        self.keys_file = keys_path
+        self._keys_file_mtime: int | None = None
+        self._look: asyncio.Future | None = None
+        self._looks_started = self._looks_finished = 0
         self.snapshot = load_snapshot(default_limits)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="live-data", daemon=True)
 
+    def load_keys_file(self) -> None:
+        """The first reading, at start: a file that exists but cannot be used raises KeysFileError.
+        A missing one is read when it appears, as the original auth proxy did."""
+        if self.keys_file is None:
+            return
+        self._keys_file_mtime = self._mtime()
+        if self._keys_file_mtime is None:
+            log.info("API_KEYS_FILE: %s does not exist; it is read when it appears", self.keys_file)
+            return
+        self._log_result(keys_file.sync(self.keys_file))
+        self.refresh()
+
     def start(self) -> None:
-        self.import_keys_file()
         self._thread.start()
 
     def stop(self) -> None:
@@ -80,28 +95,61 @@ class LiveData:
             # Swapping one reference is atomic: readers see the old or the new snapshot, whole.
             self.snapshot = load_snapshot(self.default_limits)
 
-    def import_keys_file(self) -> None:
+    async def fresh_snapshot(self) -> Snapshot:
+        """The snapshot after a look at the database that began after this call, made off the
+        event loop. A key is refused only after such a look, so one created (or enabled) a moment
+        ago works on its first request. Looks run one at a time and callers share them: a flood
+        of bad keys costs one revision read at a time, behind the per-address limit."""
+        needed = self._looks_started + 1
+        while self._looks_finished < needed:
+            if self._look is None or self._look.done():
+                self._looks_started += 1
+                self._look = asyncio.ensure_future(self._one_look(self._looks_started))
+            await asyncio.shield(self._look)
+        return self.snapshot
+
+    async def _one_look(self, number: int) -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self.refresh)
+        except Exception:  # the database is unreachable: decide on the last snapshot, still closed
+            log.exception("looking for new keys failed; deciding on the keys already loaded")
+        finally:
+            self._looks_finished = number
+
+    def _mtime(self) -> int | None:
+        try:
+            return self.keys_file.stat().st_mtime_ns
+        except FileNotFoundError:
+            return None
+
+    def follow_keys_file(self) -> None:
+        """Re-read the file if it changed; a bad edit changes nothing and is logged."""
         if self.keys_file is None:
             return
-        try:
-            mtime = self.keys_file.stat().st_mtime_ns
-        except FileNotFoundError:
-            return
+        mtime = self._mtime()
         if mtime == self._keys_file_mtime:
             return
         self._keys_file_mtime = mtime
-        try:
-            result = keys.import_keys_file(self.keys_file)
-        except keys.KeysFileError as e:
-            # A warning, not an error: mitmproxy stops on errors logged during start-up.
-            log.warning("API_KEYS_FILE not imported: %s", e)
+        if mtime is None:
+            # Removed, or being replaced: revoking every file key on a passing rename would be
+            # worse than keeping them. Deleting a key is done by deleting its entry.
+            log.error("API_KEYS_FILE: %s has gone; keeping the keys it gave until it is back", self.keys_file)
             return
-        log.info("API_KEYS_FILE imported: %s", result)
+        try:
+            self._log_result(keys_file.sync(self.keys_file))
+        except keys_file.KeysFileError as e:
+            log.error("API_KEYS_FILE not applied, the last good keys stay in force: %s", e)
+
+    @staticmethod
+    def _log_result(result: keys_file.ImportResult) -> None:
+        for warning in result.warnings:
+            log.warning("API_KEYS_FILE: %s", warning)
+        log.info("API_KEYS_FILE applied: %s", result)
 
     def _run(self) -> None:
         while not self._stop.wait(POLL_SECONDS):
             try:
-                self.import_keys_file()
+                self.follow_keys_file()
                 self.refresh()
             except Exception:  # keep serving the last good snapshot; say why once per failure
                 log.exception("refreshing keys and settings failed")

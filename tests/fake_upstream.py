@@ -24,6 +24,9 @@ scenarios may be given comma-separated):
 ``x-fake-delay-s``         seconds for ``slow``.
 ``x-fake-status``          status code for ``error`` (default 400).
 
+The same controls may come as query parameters without the ``x-`` (``?fake-scenario=slow``):
+the gateway forwards only the headers an API call needs, but forwards the query string.
+
 Introspection: ``GET /_fake/requests`` (the recorded requests, oldest first: method, path,
 target, query, headers, body_length, body_complete, json, outcome, ts), ``POST /_fake/reset``,
 ``GET /_fake/stats`` (``in_flight``, ``max_in_flight``, ``connections`` and a few totals).
@@ -43,6 +46,7 @@ import re
 import sys
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +123,15 @@ def _chat_to_completion_event(event: bytes) -> bytes:
             line = b"data: " + json.dumps(obj, separators=(",", ":")).encode()
         out.append(line)
     return eol.join(out)
+
+
+def _with_query_controls(headers: dict[str, str], query: str) -> dict[str, str]:
+    controls = {
+        f"x-{name.lower()}": value
+        for name, value in urllib.parse.parse_qsl(query)
+        if name.lower().startswith("fake-")
+    }
+    return {**headers, **controls} if controls else headers
 
 
 def _response(
@@ -278,6 +291,7 @@ class FakeUpstream:
             }
             self.requests.append(record)
         try:
+            headers = _with_query_controls(headers, query)
             scenario = headers.get("x-fake-scenario", "").lower()
 
             # Fast path: benchmark replies, no body work beyond draining it.

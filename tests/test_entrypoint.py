@@ -319,8 +319,8 @@ def test_sigterm_lets_the_gateway_finish_streams_and_flush_usage(run, tmp_path):
     def stream():
         with httpx.stream(
             "POST", f"{entry.url}/v1/chat/completions", timeout=60,
-            headers={"authorization": f"Bearer {api_key}", "x-fake-scenario": "hold-stream",
-                     "x-fake-chunk-delay-ms": "300"},
+            headers={"authorization": f"Bearer {api_key}"},
+            params={"fake-scenario": "hold-stream", "fake-chunk-delay-ms": "300"},
             json={"model": "gpt-oss-120b", "stream": True, "messages": [{"role": "user", "content": "hi"}]},
         ) as r:
             for chunk in r.iter_bytes():

@@ -13,9 +13,10 @@ from openai import OpenAI
 CHAT_PRICE = 5.00 / 1_000_000
 
 
-def client(gateway, api_key: str, **headers: str) -> OpenAI:
+def client(gateway, api_key: str, **fake_controls: str) -> OpenAI:
+    """An OpenAI client; `fake_controls` steer the fake upstream through the query string."""
     return OpenAI(
-        base_url=f"{gateway.url}/v1", api_key=api_key, max_retries=0, default_headers=headers or None
+        base_url=f"{gateway.url}/v1", api_key=api_key, max_retries=0, default_query=fake_controls or None
     )
 
 
@@ -82,7 +83,7 @@ def test_stream_without_usage_request_gets_usage_recorded_and_hidden(gateway, ap
 def test_stream_from_plain_openai_server_asks_for_usage(gateway, api_key):
     """An upstream that sends usage only when asked: the gateway asks, and hides the answer."""
     key_id, plaintext = api_key
-    stream = client(gateway, plaintext, **{"x-fake-scenario": "include-usage"}).chat.completions.create(
+    stream = client(gateway, plaintext, **{"fake-scenario": "include-usage"}).chat.completions.create(
         model="gpt-oss-120b", messages=[{"role": "user", "content": "hi"}], stream=True
     )
     chunks = list(stream)
@@ -93,7 +94,7 @@ def test_stream_from_plain_openai_server_asks_for_usage(gateway, api_key):
 
 def test_stream_with_usage_requested_keeps_the_usage_chunk(gateway, api_key):
     key_id, plaintext = api_key
-    stream = client(gateway, plaintext, **{"x-fake-scenario": "include-usage"}).chat.completions.create(
+    stream = client(gateway, plaintext, **{"fake-scenario": "include-usage"}).chat.completions.create(
         model="gpt-oss-120b",
         messages=[{"role": "user", "content": "hi"}],
         stream=True,
@@ -171,7 +172,8 @@ def test_upstream_errors_pass_through_and_are_counted(gateway, api_key):
     key_id, plaintext = api_key
     r = httpx.post(
         f"{gateway.url}/v1/chat/completions",
-        headers={"authorization": f"Bearer {plaintext}", "x-fake-scenario": "error"},
+        headers={"authorization": f"Bearer {plaintext}"},
+        params={"fake-scenario": "error"},
         json={"model": "gpt-5", "messages": []},
     )
     assert r.status_code == 400 and r.json()["error"]["message"] == "model not found: gpt-5"

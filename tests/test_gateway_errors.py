@@ -186,7 +186,7 @@ def test_upstream_down(start_gateway, dead_port):
 def test_upstream_slow(start_gateway):
     gateway = start_gateway(UPSTREAM_TIMEOUT="1")
     key_id, plaintext = gateway.new_key()
-    r = chat(gateway, {**bearer(plaintext), "x-fake-scenario": "slow", "x-fake-delay-s": "10"})
+    r = chat(gateway, bearer(plaintext), params={"fake-scenario": "slow", "fake-delay-s": "10"})
     assert_error(r, 504, "upstream_timeout")
     [row] = gateway.usage_rows(key_id)
     assert row.status == 504

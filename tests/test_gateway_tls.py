@@ -80,18 +80,17 @@ def test_twenty_concurrent_streams_on_one_http2_connection_all_progress(tls_gate
     key = _key(tls_gateway, ca)
     upstream = f"http://127.0.0.1:{tls_gateway.upstream_port}"
     httpx.post(f"{upstream}/_fake/reset")
-    headers = {
-        "authorization": f"Bearer {key}",
-        "x-fake-scenario": "hold-stream",
-        "x-fake-chunk-delay-ms": "150",
-    }
+    headers = {"authorization": f"Bearer {key}"}
+    fake = {"fake-scenario": "hold-stream", "fake-chunk-delay-ms": "150"}
     body = {"model": "gpt-oss-120b", "messages": [], "stream": True}
 
     async def twenty() -> tuple[set[str], list[int]]:
         async with httpx.AsyncClient(http2=True, verify=_ctx(ca, http2=True), timeout=60) as client:
             responses = await asyncio.gather(
                 *[
-                    client.post(f"{https(tls_gateway)}/v1/chat/completions", headers=headers, json=body)
+                    client.post(
+                        f"{https(tls_gateway)}/v1/chat/completions", headers=headers, params=fake, json=body
+                    )
                     for _ in range(20)
                 ]
             )
