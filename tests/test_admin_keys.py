@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from admin import forms
-from storage import audit, keys, usage
+from storage import audit, keys, keys_file, usage
 from storage.models import ApiKey, utcnow
 from storage.usage import UsageRecord
 
@@ -199,3 +199,19 @@ def test_expiry_parser():
     assert forms.expiry("2026-05-01", now) == datetime(2026, 5, 1, 23, 59, 59, tzinfo=UTC)
     with pytest.raises(ValueError, match="already past"):
         forms.expiry("2026-04-30", now)
+
+
+def test_keys_from_the_keys_file_are_marked(client, logged_in, tmp_path):
+    path = tmp_path / "api_keys.json"
+    path.write_text('{"keys": [{"key_id": "legacy", "api_key": "pm_legacy-0123456789"}]}')
+    keys_file.sync(path)
+    made_here, _ = keys.create_key("made here", source="admin")
+    html = client.get("/admin/keys").text
+    rows = dict(re.findall(r'<tr data-key-id="([\w]+)">(.*?)</tr>', html, re.S))
+    assert 'class="tag tag-file"' in rows["legacy"] and "API_KEYS_FILE" in rows["legacy"]
+    assert "tag-file" not in rows[made_here.key_id]
+    path.write_text('{"keys": []}')
+    keys_file.sync(path)
+    html = client.get("/admin/keys").text
+    rows = dict(re.findall(r'<tr data-key-id="([\w]+)">(.*?)</tr>', html, re.S))
+    assert "Its entry has left the file" in rows["legacy"] and "badge-revoked" in rows["legacy"]

@@ -7,7 +7,7 @@ import asyncio
 import httpx
 import pytest
 
-from storage import settings
+from storage import keys, settings
 from tests import procs
 
 WIDE = {
@@ -117,3 +117,21 @@ def test_bad_limit_variable_stops_start_up(tmp_path, upstream, limit):
         proc.log().strip().splitlines()[-1].startswith("gateway: configuration error: RATE_LIMIT_REQUESTS:")
     )
     proc.stop()
+
+
+def test_the_effective_limits_are_logged_at_start(start_gateway):
+    gateway = start_gateway(RATE_LIMIT_REQUESTS="20", KEY_RATE_LIMIT_REQUESTS="5", IP_RATE_LIMIT_WINDOW="30")
+    assert (
+        "rate limits in force: global 20 per 60 s, per key 5 per 60 s (unless the key has its own), "
+        "per client address 1000 per 30 s"
+    ) in gateway.proc.log()
+
+
+def test_rate_limit_requests_is_the_global_limit_as_in_the_original(start_gateway):
+    # A migrating team's RATE_LIMIT_REQUESTS caps all keys together, not each key.
+    gateway = start_gateway(RATE_LIMIT_REQUESTS="3", RATE_LIMIT_WINDOW="3600")
+    gateway.use_database()
+    plaintexts = [keys.create_key(f"k{i}")[1] for i in range(2)]
+    statuses = [models(gateway, plaintexts[i % 2]).status_code for i in range(4)]
+    assert statuses == [200, 200, 200, 429]
+    assert_limited(models(gateway, plaintexts[0]), "global")
