@@ -46,7 +46,7 @@ except urllib.error.HTTPError as e:
 except OSError as e:
     print(f"unhealthy: {e}")
     sys.exit(1)
-' "$scheme://$host:${LISTEN_PORT:-8080}/health"
+' "$scheme://$host:${LISTEN_PORT:-${PORT:-8080}}/health"
 }
 
 if [[ ${1:-} == healthcheck ]]; then

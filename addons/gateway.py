@@ -62,7 +62,7 @@ class Gateway:
         s = self.settings = self.settings or config.load()
         db.open_database(s.database_url)
         defaults = Limits.from_settings(s)
-        self.live = LiveData(defaults, s.api_keys_file)
+        self.live = LiveData(defaults, s.api_keys_file, s.api_keys_env)
         try:
             self.live.load_keys_file()
         except keys_file.KeysFileError as e:

@@ -60,9 +60,10 @@ def load_snapshot(default_limits: settings.Limits) -> Snapshot:
 
 
 class LiveData:
-    def __init__(self, default_limits: settings.Limits, keys_path: Path | None) -> None:
+    def __init__(self, default_limits: settings.Limits, keys_path: Path | None, env_keys=()) -> None:
         self.default_limits = default_limits
         self.keys_file = keys_path
+        self.env_keys = tuple(env_keys)
         self._keys_file_mtime: int | None = None
         self._look: asyncio.Future | None = None
         self._looks_started = self._looks_finished = 0
@@ -78,9 +79,16 @@ class LiveData:
         self._keys_file_mtime = self._mtime()
         if self._keys_file_mtime is None:
             log.info("API_KEYS_FILE: %s does not exist; it is read when it appears", self.keys_file)
-            return
-        self._log_result(keys_file.sync(self.keys_file))
+            if not self.env_keys:
+                return
+        self._sync(self._keys_file_mtime is not None)
         self.refresh()
+
+    def _sync(self, file_exists: bool) -> None:
+        result = keys_file.sync(self.keys_file if file_exists else None, self.env_keys)
+        for warning in result.warnings:
+            log.warning("API_KEYS_FILE: %s", warning)
+        log.info("API_KEYS_FILE applied: %s", result)
 
     def start(self) -> None:
         self._thread.start()
@@ -136,15 +144,9 @@ class LiveData:
             log.error("API_KEYS_FILE: %s has gone; keeping the keys it gave until it is back", self.keys_file)
             return
         try:
-            self._log_result(keys_file.sync(self.keys_file))
+            self._sync(file_exists=True)
         except keys_file.KeysFileError as e:
             log.error("API_KEYS_FILE not applied, the last good keys stay in force: %s", e)
-
-    @staticmethod
-    def _log_result(result: keys_file.ImportResult) -> None:
-        for warning in result.warnings:
-            log.warning("API_KEYS_FILE: %s", warning)
-        log.info("API_KEYS_FILE applied: %s", result)
 
     def _run(self) -> None:
         while not self._stop.wait(POLL_SECONDS):

@@ -22,6 +22,7 @@ class Settings:
     privatemode_api_key: str | None
     admin_password: str | None
     api_keys_file: Path
+    api_keys_env: tuple[str, ...]  # the original's API_KEYS: plaintext keys, comma-separated
     tls_cert_file: Path | None
     tls_key_file: Path | None
     force_https: bool
@@ -144,6 +145,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         admin_password=env.get("ADMIN_PASSWORD") or None,
         # The original's default path: a migrating team's mounted file is found without the variable.
         api_keys_file=Path(env.get("API_KEYS_FILE", "").strip() or "/app/secrets/api_keys.json"),
+        api_keys_env=tuple(k.strip() for k in env.get("API_KEYS", "").split(",") if k.strip()),
         tls_cert_file=cert,
         tls_key_file=key,
         force_https=_bool(env, "FORCE_HTTPS", cert is not None),
@@ -157,7 +159,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         global_rate_limit_window=global_window,
         upstream_url=_upstream_url(env),
         listen_host=env.get("LISTEN_HOST", "").strip() or "0.0.0.0",
-        listen_port=_port(env, "LISTEN_PORT", 8080),
+        # PORT is the original auth proxy's name for it.
+        listen_port=_port(env, "LISTEN_PORT", _port(env, "PORT", 8080)),
         admin_port=_port(env, "ADMIN_PORT", 8082),
         data_dir=data_dir,
         database_url=database_url,

@@ -8,12 +8,14 @@ The model (docs/keys-file.md says it for operators):
 - A file key whose entry leaves the file is revoked (audited). If the entry comes back, the key
   stays as it is until the admin or CLI enables it; the file's later edits apply again.
 - A file that cannot be read, or an entry that is wrong, changes nothing at all.
+- The original's API_KEYS variable (plaintext keys, comma-separated) is followed the same way.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -138,7 +140,7 @@ def read(path: Path) -> tuple[list[Entry], list[str]]:
         raise KeysFileError(f"{path}: not valid JSON: {exc}") from None
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
         raise KeysFileError(f'{path}: expected an object {{"keys": [...]}}')
-    entries, warnings, seen_ids, seen_hashes = [], [], set(), set()
+    entries, warnings = [], []
     for index, raw in enumerate(document["keys"]):
         label = f"{path}: entry {index}"
         if isinstance(raw, dict) and isinstance(raw.get("key_id"), str):
@@ -149,14 +151,31 @@ def read(path: Path) -> tuple[list[Entry], list[str]]:
             raise KeysFileError(f"{label}: {exc}") from None
         if unknown:
             warnings.append(f"{label}: unknown field(s) {', '.join(map(repr, unknown))} ignored")
-        if values["key_id"] in seen_ids:
-            raise KeysFileError(f"{label}: key_id appears twice in the file")
-        if values["key_hash"] in seen_hashes:
-            raise KeysFileError(f"{label}: the same key appears twice in the file")
-        seen_ids.add(values["key_id"])
-        seen_hashes.add(values["key_hash"])
         entries.append(Entry(label, values, prefix))
     return entries, warnings
+
+
+def env_entries(plaintexts: Sequence[str]) -> list[Entry]:
+    """The original's API_KEYS variable: comma-separated plaintext keys, followed like file entries.
+    Their ids come from their hashes, so reordering the list changes nothing."""
+    entries = []
+    for index, plaintext in enumerate(plaintexts):
+        key_hash = keys.hash_key(plaintext)
+        raw = {"key_id": f"env_{key_hash[:8]}", "api_key": plaintext, "name": "from API_KEYS"}
+        values, prefix, _ = parse_entry(raw)
+        entries.append(Entry(f"API_KEYS: entry {index + 1}", values, prefix))
+    return entries
+
+
+def _check_unique(entries: list[Entry]) -> None:
+    seen_ids, seen_hashes = set(), set()
+    for entry in entries:
+        if entry.values["key_id"] in seen_ids:
+            raise KeysFileError(f"{entry.label}: key_id appears twice")
+        if entry.values["key_hash"] in seen_hashes:
+            raise KeysFileError(f"{entry.label}: the same key appears twice")
+        seen_ids.add(entry.values["key_id"])
+        seen_hashes.add(entry.values["key_hash"])
 
 
 def _said(values: dict) -> str:
@@ -211,9 +230,12 @@ def _follow(key: ApiKey, entry: Entry, said: str) -> str:
     return "updated"
 
 
-def sync(path: str | Path) -> ImportResult:
-    """Follow API_KEYS_FILE: all of it or, on any error, nothing (KeysFileError)."""
-    entries, warnings = read(Path(path))
+def sync(path: str | Path | None, env_keys: Sequence[str] = ()) -> ImportResult:
+    """Follow API_KEYS_FILE (None: there is no file) and API_KEYS: all of it or, on any error,
+    nothing (KeysFileError). Keys whose entries left are revoked only when a file was read."""
+    entries, warnings = read(Path(path)) if path is not None else ([], [])
+    entries += env_entries(env_keys)
+    _check_unique(entries)
     result = ImportResult(warnings=warnings)
     listed = {entry.values["key_id"] for entry in entries}
     with database.atomic():
@@ -234,7 +256,7 @@ def sync(path: str | Path) -> ImportResult:
                 outcome = _follow(key, entry, said)
                 setattr(result, outcome, getattr(result, outcome) + 1)
         for key in ApiKey.select().where(ApiKey.source == "file"):
-            if key.key_id in listed or key.file_entry == REMOVED:
+            if path is None or key.key_id in listed or key.file_entry == REMOVED:
                 continue
             ApiKey.update(file_entry=REMOVED).where(ApiKey.key_id == key.key_id).execute()
             if key.enabled:
@@ -247,6 +269,7 @@ def copy_in(path: str | Path, by: str) -> ImportResult:
     """Copy a keys file's keys into the database once, as ordinary keys (the CLI's `import`):
     new key_ids are created; ones already stored are left alone and counted as skipped."""
     entries, warnings = read(Path(path))
+    _check_unique(entries)
     result = ImportResult(warnings=warnings)
     with database.atomic():
         _check_owners(entries)

@@ -192,3 +192,20 @@ def test_a_bad_edit_while_running_keeps_the_last_good_keys(upstream, data_dir, t
         procs.wait_until(lambda: status(gateway_url(proc), FILE_KEY["api_key"]) == 401)
     finally:
         proc.stop()
+
+
+def test_the_originals_api_keys_and_port_variables_work(upstream, tmp_path):
+    port = procs.free_port()
+    env = procs.gateway_env(
+        tmp_path / "data", upstream.port, 0, procs.free_port(), API_KEYS="pm_env_a,pm_env_b"
+    )
+    del env["LISTEN_PORT"]
+    env["PORT"] = str(port)
+    proc = procs.Proc("gateway", [sys.executable, "-m", "addons"], env, tmp_path / "gw.log", port).start()
+    try:
+        proc.wait_port()
+        assert status(gateway_url(proc), "pm_env_a") == 200
+        assert status(gateway_url(proc), "pm_env_b") == 200
+        assert status(gateway_url(proc), "pm_env_c") == 401
+    finally:
+        proc.stop()

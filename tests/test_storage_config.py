@@ -54,3 +54,12 @@ def test_two_different_global_limits_are_refused_naming_both():
 def test_bad_limits_name_their_variable(name):
     with pytest.raises(config.ConfigError, match=f"^{name}: must be at least 1"):
         config.load({name: "0"})
+
+
+def test_the_originals_port_and_api_keys_variables():
+    assert config.load({"PORT": "9000"}).listen_port == 9000
+    assert config.load({"PORT": "9000", "LISTEN_PORT": "9100"}).listen_port == 9100
+    assert config.load({"API_KEYS": " pm_a, ,pm_b "}).api_keys_env == ("pm_a", "pm_b")
+    assert config.load({}).api_keys_env == ()
+    with pytest.raises(config.ConfigError, match="^PORT:"):
+        config.load({"PORT": "http"})

@@ -251,3 +251,27 @@ def test_copy_in_makes_ordinary_keys_that_the_keys_file_leaves_alone(db_path, tm
     # API_KEYS_FILE without these entries revokes only its own keys.
     assert keys_file.sync(write_keys(tmp_path, [])).revoked == 0
     assert all(keys.key_status(k) == "active" for k in keys.list_keys())
+
+
+def test_the_originals_api_keys_variable_is_followed_like_the_file(db_path, tmp_path):
+    path = write_keys(tmp_path, seed_entries())
+    result = keys_file.sync(path, ["pm_env_one", "pm_env_two"])
+    assert result.created == 4
+    one = ApiKey.get(ApiKey.key_hash == keys.hash_key("pm_env_one"))
+    assert (one.key_id, one.name, one.source) == (
+        f"env_{keys.hash_key('pm_env_one')[:8]}",
+        "from API_KEYS",
+        "file",
+    )
+    assert keys_file.sync(path, ["pm_env_two", "pm_env_one"]).unchanged == 4, "order does not matter"
+    assert keys_file.sync(path, ["pm_env_two"]).revoked == 1
+    assert keys.key_status(keys.get_key(one.key_id)) == "revoked"
+
+
+def test_without_a_file_nothing_is_revoked(db_path, tmp_path):
+    keys_file.sync(write_keys(tmp_path, seed_entries()))
+    result = keys_file.sync(None, ["pm_env_one"])
+    assert (result.created, result.revoked) == (1, 0)
+    assert all(keys.key_status(k) == "active" for k in keys.list_keys())
+    with pytest.raises(KeysFileError, match="API_KEYS: entry 2: .*appears twice"):
+        keys_file.sync(None, ["pm_env_one", "pm_env_one"])
