@@ -258,6 +258,9 @@ class Gateway:
         info.verdict = verdict
         info.admitted = True
         request.headers.fields = tuple(field for field in request.headers.fields if _forwarded(field[0]))
+        # Origin form upstream, whatever the client wrote (an absolute-form request line, or
+        # HTTP/2's :authority): the upstream sees our address, never one a client chose.
+        request.authority = ""
         request.host_header = self.upstream_host  # the client's Host was kept for the admin's sake
         if info.route.stream_upload and declared.isdigit():
             # Streamed only with a declared size, checked above: mitmproxy does not count the

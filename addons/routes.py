@@ -40,7 +40,7 @@ UNKNOWN = Route(Kind.UNKNOWN)
 def classify(path: str) -> Route:
     """`path` is the request target without the query string."""
     if _has_dot_segments(path):
-        # `/admin/../v1/...` must not mean one thing here and another behind us.
+        # `/admin/../v1/...` (or `%252e%252e`) must not mean one thing here and another behind us.
         return UNKNOWN
     if path in API_ROUTES:
         return API_ROUTES[path]
@@ -57,4 +57,6 @@ def _has_dot_segments(path: str) -> bool:
     if "." not in path and "%" not in path and "\\" not in path:
         return False  # the usual case, decided without decoding
     decoded = unquote(path)
-    return any(segment in (".", "..") for segment in decoded.split("/")) or "\\" in decoded
+    # A percent sign left after one decoding (%252e) is a second encoding: whoever decodes again
+    # behind us would see a path we never checked.
+    return any(segment in (".", "..") for segment in decoded.split("/")) or "\\" in decoded or "%" in decoded

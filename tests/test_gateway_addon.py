@@ -98,6 +98,9 @@ def test_an_admitted_request_is_forwarded_without_its_key(gateway_addon):
         ("/admin/../v1/models", routes.Kind.UNKNOWN),
         ("/v1/%2e%2e/admin", routes.Kind.UNKNOWN),
         ("/unstructured/..\\admin", routes.Kind.UNKNOWN),
+        ("/unstructured/%252e%252e/admin", routes.Kind.UNKNOWN),
+        ("/unstructured/general/v0/%2541", routes.Kind.UNKNOWN),
+        ("/unstructured/general/v0/general%20x", routes.Kind.API),
         ("/", routes.Kind.UNKNOWN),
     ],
 )

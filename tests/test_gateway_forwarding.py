@@ -5,6 +5,8 @@ privatemode-proxy passes request headers on to Privatemode, outside the VM.
 
 from __future__ import annotations
 
+import http.client
+
 import anthropic
 import httpx
 import pytest
@@ -107,3 +109,26 @@ def test_forwarded_proto_is_ignored_without_trust_proxy(start_gateway):
     gateway = start_gateway(FORCE_HTTPS="true", RATE_LIMIT_REQUESTS="100000")
     r = httpx.get(f"{gateway.url}/v1/models", headers={"x-forwarded-proto": "https"})
     assert r.status_code == 403 and r.json()["error"]["code"] == "https_required"
+
+
+def test_an_absolute_form_request_line_goes_upstream_in_origin_form(gateway, api_key):
+    _, plaintext = api_key
+    # http.client writes the target as given: an absolute-form request line.
+    conn = http.client.HTTPConnection("127.0.0.1", gateway.proc.port, timeout=10)
+    target = "http://evil.example:1234/v1/models"
+    conn.request("GET", target, headers={"authorization": f"Bearer {plaintext}"})
+    assert conn.getresponse().status == 200
+    conn.close()
+    forwarded = [q for q in gateway.upstream_requests() if q["path"] == "/v1/models"][-1]
+    assert forwarded["target"] == "/v1/models"
+    assert forwarded["headers"]["host"] == f"127.0.0.1:{gateway.upstream_port}"
+    assert "evil.example" not in str(forwarded)
+
+
+@pytest.mark.parametrize("path", ["/unstructured/%252e%252e/v1/models", "/unstructured/general/%252Fadmin"])
+def test_a_doubly_encoded_path_is_refused_not_forwarded(gateway, api_key, path):
+    _, plaintext = api_key
+    before = len(gateway.upstream_requests())
+    r = httpx.post(f"{gateway.url}{path}", headers={"authorization": f"Bearer {plaintext}"}, content=b"x")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    assert len(gateway.upstream_requests()) == before
