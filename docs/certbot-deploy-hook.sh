@@ -2,7 +2,7 @@
 # certbot deploy hook: copy a renewed certificate into the folder the gateway container reads.
 #
 # The gateway re-reads TLS_CERT_FILE and TLS_KEY_FILE when they change (within 60 s), so a
-# renewal needs no restart. Install it once (docs/deploy-azure.md, step 8):
+# renewal needs no restart. Install it once (docs/deploy-azure.md, step 11):
 #
 #   sudo install -m 0755 docs/certbot-deploy-hook.sh \
 #     /etc/letsencrypt/renewal-hooks/deploy/privatemode-gateway.sh
