@@ -69,7 +69,7 @@ def copy_repository(target: Path) -> None:
 
 def user_env(**ports: str) -> dict[str, str]:
     """A user's shell: none of the gateway's settings, no make or Python state of ours."""
-    drop = ("PRIVATEMODE", "ADMIN_", "API_KEYS", "UPSTREAM_URL", "TLS_", "DATABASE_URL", "LISTEN_",
+    drop = ("PRIVATEMODE", "ADMIN_", "API_KEYS", "UPSTREAM_URL", "TLS_", "DATABASE_URL", "LISTEN_", "PORT",
             "DATA_DIR", "DEMO_UPSTREAM", "PYTHON", "VIRTUAL_ENV", "MAKE", "MFLAGS")
     env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
     env.update(ports)

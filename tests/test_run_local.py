@@ -29,7 +29,7 @@ EXIT_BOUND = 60
 
 def run_env(tmp: Path, **extra: str) -> dict[str, str]:
     """The user's environment without any of the gateway's settings, plus free ports and `tmp`."""
-    drop = ("PRIVATEMODE", "ADMIN_", "API_KEYS", "UPSTREAM_URL", "TLS_", "DATABASE_URL", "LISTEN_",
+    drop = ("PRIVATEMODE", "ADMIN_", "API_KEYS", "UPSTREAM_URL", "TLS_", "DATABASE_URL", "LISTEN_", "PORT",
             "DATA_DIR", "DEMO_UPSTREAM", "PYTHONPATH")
     env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
     env.update(
