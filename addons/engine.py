@@ -6,11 +6,16 @@
    long streams. We raise the cap (MAX_UPSTREAM_CONNECTIONS_PER_CLIENT); the global token
    bucket, not a connection count, is what protects the upstream.
 2. Errors mitmproxy makes itself (unreachable upstream, body too large, malformed HTTP) come as
-   an HTML page with `Server: mitmproxy` and raw errno text. We render them OpenAI-shaped.
+   an HTML page with `Server: mitmproxy` and raw errno text. We render them OpenAI-shaped, with
+   our status, JSON and our server header, on both protocols. Each protocol answers them in its
+   own code: HTTP/1 through `_http1.make_error_response` (replaced), HTTP/2 inside
+   `Http2Connection._handle_event`, which picks the status itself and hard-codes
+   `content-type: text/html`; we answer a client's HTTP/2 stream before it gets there.
 3. mitmproxy has no upstream read timeout. `answer_with_timeout` feeds a 504 into the waiting
    upstream connection's reader, so the flow ends through the normal hooks and is metered.
 
-Pinned to mitmproxy 12.2 (requirements.txt); tests/test_gateway_errors.py proves each patch.
+Pinned to mitmproxy 12.2 (requirements.txt); tests/test_gateway_errors.py proves each patch,
+tests/test_gateway_engine_errors.py the engine errors on HTTP/1.1 and HTTP/2.
 """
 
 from __future__ import annotations
@@ -22,8 +27,8 @@ from collections.abc import Callable
 
 from mitmproxy import http
 from mitmproxy.net.http import http1
-from mitmproxy.proxy import server
-from mitmproxy.proxy.layers.http import _http1, _http2
+from mitmproxy.proxy import commands, server
+from mitmproxy.proxy.layers.http import ResponseProtocolError, _http1, _http2
 
 from addons.errors import JSON_HEADERS, error_body
 
@@ -53,13 +58,15 @@ def install(render_error: Callable[[int, str], tuple[int, bytes]]) -> None:
 
     server.ConnectionHandler.__init__ = init
     _http1.make_error_response = _http1_error
-    _http2.format_error = lambda status, message: _rendered(status, message)[1]
-    # HTTP/2 error headers name the server through this module attribute.
-    _http2.version = _VersionShim()
+    original_h2_handle = _http2.Http2Server._handle_event
 
+    def h2_handle(self, event):
+        # A plain function, not a generator: every other event goes straight to mitmproxy's code.
+        if isinstance(event, ResponseProtocolError):
+            return _http2_error(self, event, original_h2_handle)
+        return original_h2_handle(self, event)
 
-class _VersionShim:
-    MITMPROXY = SERVER_HEADER
+    _http2.Http2Server._handle_event = h2_handle
 
 
 def _rendered(status: int, message: str) -> tuple[int, bytes]:
@@ -70,8 +77,29 @@ def _rendered(status: int, message: str) -> tuple[int, bytes]:
 
 def _http1_error(status: int, message: str = "") -> bytes:
     status, body = _rendered(status, message)
-    response = http.Response.make(status, body, {**JSON_HEADERS, "connection": "close"})
+    response = http.Response.make(
+        status, body, {**JSON_HEADERS, "server": SERVER_HEADER, "connection": "close"}
+    )
     return http1.assemble_response(response)
+
+
+def _http2_error(conn: _http2.Http2Server, event: ResponseProtocolError, original):
+    """Answer the stream as mitmproxy would (same conditions), but with our status and headers."""
+    status = event.code.http_status_code()
+    stream = conn.h2_conn.streams.get(event.stream_id)
+    if status is None or not conn.is_open_for_us(event.stream_id) or stream.state_machine.headers_sent:
+        yield from original(conn, event)  # no answer possible or wanted: mitmproxy resets the stream
+        return
+    status, body = _rendered(status, event.message)
+    headers = [
+        (b":status", b"%d" % status),
+        (b"server", SERVER_HEADER.encode()),
+        (b"content-type", JSON_HEADERS["content-type"].encode()),
+        (b"content-length", b"%d" % len(body)),
+    ]
+    conn.h2_conn.send_headers(event.stream_id, headers)
+    conn.h2_conn.send_data(event.stream_id, body, end_stream=True)
+    yield commands.SendData(conn.conn, conn.h2_conn.data_to_send())
 
 
 def answer_with_timeout(client_id: str, server_conn, body: bytes) -> bool:
