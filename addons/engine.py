@@ -11,29 +11,55 @@
    own code: HTTP/1 through `_http1.make_error_response` (replaced), HTTP/2 inside
    `Http2Connection._handle_event`, which picks the status itself and hard-codes
    `content-type: text/html`; we answer a client's HTTP/2 stream before it gets there.
-3. mitmproxy has no upstream read timeout. `answer_with_timeout` feeds a 504 into the waiting
-   upstream connection's reader, so the flow ends through the normal hooks and is metered.
+3. mitmproxy has no upstream read timeout. `end_with_timeout` injects an event at the top of the
+   client connection's layers; the HTTP layer (patched to take it) hands the waiting stream a
+   504 as if the upstream had sent it, and lets go of the upstream connection. The flow ends
+   through the normal hooks and is metered. This happens above TLS, so it works the same for an
+   https upstream, whose socket carries TLS records, not HTTP. A request still waiting for its
+   upstream connection (a connect or TLS handshake that hangs) gets the timeout as its
+   connection error instead, which our renderer (2) turns into the same 504.
 
-Pinned to mitmproxy 12.2 (requirements.txt); tests/test_gateway_errors.py proves each patch,
-tests/test_gateway_engine_errors.py the engine errors on HTTP/1.1 and HTTP/2.
+Pinned to mitmproxy 12.2 (requirements.txt).
+
+Proofs: tests/test_gateway_tls.py (1), tests/test_gateway_errors.py and
+tests/test_gateway_engine_errors.py (2, on HTTP/1.1 and HTTP/2), tests/test_gateway_errors.py and
+tests/test_gateway_upstream_tls.py (3, http and https upstreams).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import enum
+import functools
 import weakref
 from collections.abc import Callable
 
 from mitmproxy import http
 from mitmproxy.net.http import http1
-from mitmproxy.proxy import commands, server
-from mitmproxy.proxy.layers.http import ResponseProtocolError, _http1, _http2
+from mitmproxy.proxy import commands, events, layer, server
+from mitmproxy.proxy.layers.http import (
+    ErrorCode,
+    GetHttpConnection,
+    GetHttpConnectionCompleted,
+    HttpLayer,
+    HttpStream,
+    RequestProtocolError,
+    ResponseData,
+    ResponseEndOfMessage,
+    ResponseHeaders,
+    ResponseProtocolError,
+    _http1,
+    _http2,
+)
 
 from addons.errors import JSON_HEADERS, error_body
 
 MAX_UPSTREAM_CONNECTIONS_PER_CLIENT = 256
 SERVER_HEADER = "privatemode-gateway"
+# The error a request still connecting upstream gets when its time is up; errors.engine_error
+# renders any message with "timed out" in it as our 504.
+TIMEOUT_MESSAGE = "upstream timed out (UPSTREAM_TIMEOUT)"
 
 _handlers: weakref.WeakValueDictionary[str, server.ConnectionHandler] = weakref.WeakValueDictionary()
 _render: Callable[[int, str], tuple[int, bytes]] | None = None
@@ -47,8 +73,10 @@ def install(render_error: Callable[[int, str], tuple[int, bytes]]) -> None:
     if _installed:
         return
     _installed = True
+
     original_init = server.ConnectionHandler.__init__
 
+    @functools.wraps(original_init)
     def init(self, context) -> None:
         original_init(self, context)
         self.max_conns = collections.defaultdict(
@@ -56,10 +84,19 @@ def install(render_error: Callable[[int, str], tuple[int, bytes]]) -> None:
         )
         _handlers[self.client.id] = self
 
-    server.ConnectionHandler.__init__ = init
-    _http1.make_error_response = _http1_error
+    server.ConnectionHandler.__init__ = init  # also how patch 3 finds a flow's handler
+
+    original_h1_error = _http1.make_error_response
+
+    @functools.wraps(original_h1_error)
+    def h1_error(status_code: int, message: str = "") -> bytes:
+        return _http1_error(status_code, message)
+
+    _http1.make_error_response = h1_error
+
     original_h2_handle = _http2.Http2Server._handle_event
 
+    @functools.wraps(original_h2_handle)
     def h2_handle(self, event):
         # A plain function, not a generator: every other event goes straight to mitmproxy's code.
         if isinstance(event, ResponseProtocolError):
@@ -67,6 +104,19 @@ def install(render_error: Callable[[int, str], tuple[int, bytes]]) -> None:
         return original_h2_handle(self, event)
 
     _http2.Http2Server._handle_event = h2_handle
+
+    original_http_handle = HttpLayer._handle_event
+
+    @functools.wraps(original_http_handle)
+    def http_handle(self, event):
+        if type(event) is _TimedOut:
+            return _time_out(self, event)
+        return original_http_handle(self, event)
+
+    HttpLayer._handle_event = http_handle
+
+
+# -- 2. engine errors ------------------------------------------------------------------------
 
 
 def _rendered(status: int, message: str) -> tuple[int, bytes]:
@@ -102,18 +152,89 @@ def _http2_error(conn: _http2.Http2Server, event: ResponseProtocolError, origina
     yield commands.SendData(conn.conn, conn.h2_conn.data_to_send())
 
 
-def answer_with_timeout(client_id: str, server_conn, body: bytes) -> bool:
-    """End a request still waiting for upstream headers with a 504 made by the gateway.
+# -- 3. the upstream timeout ----------------------------------------------------------------
 
-    The bytes are fed to the upstream connection's reader, followed by EOF, so mitmproxy parses
-    them as the upstream's answer and closes that connection. Returns False if it was too late.
+
+class Outcome(enum.Enum):
+    ANSWERED = "answered"  # the flow has its 504 (or its timeout error) and ends through its hooks
+    LATER = "later"  # the flow is inside a hook or not sent upstream yet: ask again shortly
+    GONE = "gone"  # nothing of the flow is waiting any more
+
+
+class _TimedOut(events.Event):
+    """Travels down a client connection's layers; only the patched HTTP layer acts on it."""
+
+    def __init__(self, flow: http.HTTPFlow, response: http.Response) -> None:
+        self.flow = flow
+        self.response = response
+        self.outcome = Outcome.LATER  # what it stays if no HTTP layer saw it
+
+
+class _Detached(layer.Layer):
+    """Stands in for an HTTP/1 upstream connection given up on: what it still sends or reports
+    (its close, a late answer) is dropped instead of reaching a stream that has its answer."""
+
+    def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
+        yield from ()
+
+
+async def end_with_timeout(flow: http.HTTPFlow, response: http.Response) -> Outcome:
+    """End a request still waiting for its upstream with `response`, through the normal hooks."""
+    handler = _handlers.get(flow.client_conn.id)
+    if handler is None:
+        return Outcome.GONE
+    event = _TimedOut(flow, response)
+    # How mitmproxy injects messages itself (proxyserver.inject_event): the handler runs the
+    # event through every layer and carries out the commands that come back.
+    await handler.server_event(event)
+    return event.outcome
+
+
+def _time_out(http_layer: HttpLayer, event: _TimedOut) -> layer.CommandGenerator[None]:
+    flow = event.flow
+    stream = next((s for s in http_layer.streams.values() if getattr(s, "flow", None) is flow), None)
+    if stream is None or flow.response is not None:
+        event.outcome = Outcome.GONE
+        return
+    if stream._paused is not None:
+        # Waiting for a hook (LATER) or for its upstream connection.
+        if isinstance(stream._paused.command, GetHttpConnection):
+            yield from _stop_waiting_for_connection(http_layer, stream, stream._paused.command, event)
+        return
+    upstream = http_layer.connections.get(flow.server_conn)
+    if upstream is None or stream.server_state != stream.state_wait_for_response_headers:
+        return  # not sent upstream yet: LATER
+    event.outcome = Outcome.ANSWERED
+    if flow.server_conn.alpn == b"h2":
+        # Other streams may share this connection: reset only this one.
+        yield from http_layer.event_to_child(
+            upstream, RequestProtocolError(stream.stream_id, TIMEOUT_MESSAGE, ErrorCode.CANCEL)
+        )
+    else:
+        # An HTTP/1 connection carries only this request.
+        http_layer.connections[flow.server_conn] = _Detached(http_layer.context.fork())
+        yield commands.CloseConnection(flow.server_conn)
+    response, sid = event.response, stream.stream_id
+    yield from http_layer.event_to_child(stream, ResponseHeaders(sid, response, end_stream=False))
+    yield from http_layer.event_to_child(stream, ResponseData(sid, response.content or b""))
+    yield from http_layer.event_to_child(stream, ResponseEndOfMessage(sid))
+
+
+def _stop_waiting_for_connection(
+    http_layer: HttpLayer, stream: HttpStream, command: GetHttpConnection, event: _TimedOut
+) -> layer.CommandGenerator[None]:
+    """Answer the stream's pending connection request with the timeout as its error.
+
+    The connection attempt itself goes on for whoever else waits for it, or is kept for reuse:
+    closing it would leave its error on the connection, which mitmproxy hands to every later
+    request of this client connection.
     """
-    handler = _handlers.get(client_id)
-    transport = handler.transports.get(server_conn) if handler else None
-    reader = getattr(transport, "reader", None)
-    if not isinstance(reader, asyncio.StreamReader) or reader.at_eof():
-        return False
-    response = http.Response.make(504, body, {**JSON_HEADERS, "connection": "close"})
-    reader.feed_data(http1.assemble_response(response))
-    reader.feed_eof()
-    return True
+    for waiting in http_layer.waiting_for_establishment.values():
+        if any(c is command for c in waiting):
+            waiting[:] = [c for c in waiting if c is not command]
+            break
+    else:
+        return  # not an attempt we know of: LATER
+    http_layer.command_sources.pop(command, None)
+    event.outcome = Outcome.ANSWERED
+    yield from http_layer.event_to_child(stream, GetHttpConnectionCompleted(command, (None, TIMEOUT_MESSAGE)))

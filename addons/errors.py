@@ -13,6 +13,9 @@ def error_body(message: str, type_: str, code: str | None, param: str | None = N
     return json.dumps({"error": {"message": message, "type": type_, "param": param, "code": code}}).encode()
 
 
+UPSTREAM_TIMEOUT_BODY = error_body("The upstream did not answer in time.", "server_error", "upstream_timeout")
+
+
 def error_response(
     status: int,
     message: str,
@@ -53,5 +56,5 @@ def engine_error(status: int, message: str, *, admin_address: str | None = None)
     if admin_address and admin_address in message:
         return 503, error_body("The admin panel is not running.", "server_error", "admin_unavailable")
     if "timed out" in message.lower():
-        return 504, error_body("The upstream did not answer in time.", "server_error", "upstream_timeout")
+        return 504, UPSTREAM_TIMEOUT_BODY
     return 502, error_body("The upstream service is unreachable.", "server_error", "upstream_unavailable")

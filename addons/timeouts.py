@@ -1,12 +1,14 @@
 """UPSTREAM_TIMEOUT: requests still waiting for upstream headers after it get a 504.
 
 One sweep a fraction of a second apart checks every waiting request, rather than one timer per
-request: a timer per request costs the event loop more than the whole check.
+request: a timer per request costs the event loop more than the whole check. How a waiting
+request is ended, whatever the upstream's protocol or TLS, is engine.end_with_timeout's job.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 from mitmproxy import http
@@ -14,6 +16,7 @@ from mitmproxy import http
 from addons import engine, errors
 
 SWEEP_SECONDS = 0.25
+log = logging.getLogger("gateway.timeouts")
 
 
 class UpstreamTimeouts:
@@ -41,11 +44,20 @@ class UpstreamTimeouts:
             now = time.monotonic()
             for flow in [f for f, deadline in self._deadlines.items() if deadline <= now]:
                 del self._deadlines[flow]
-                if flow.response is None and flow.live:
-                    answer_with_timeout(flow)
+                if flow.response is not None or not flow.live:
+                    continue
+                try:
+                    outcome = await engine.end_with_timeout(flow, timeout_response())
+                except Exception:
+                    # One flow's failure must not end the sweep: every later timeout depends on it.
+                    log.exception("ending a request that timed out failed")
+                    continue
+                if outcome is engine.Outcome.LATER:
+                    # Inside one of its hooks for the moment: the next sweep tries again.
+                    self._deadlines.setdefault(flow, now)
 
 
-def answer_with_timeout(flow: http.HTTPFlow) -> None:
-    body = errors.error_body("The upstream did not answer in time.", "server_error", "upstream_timeout")
-    if not engine.answer_with_timeout(flow.client_conn.id, flow.server_conn, body):
-        flow.kill()  # not even connected yet: end it without an answer rather than hang
+def timeout_response() -> http.Response:
+    return http.Response.make(
+        504, errors.UPSTREAM_TIMEOUT_BODY, {**errors.JSON_HEADERS, "server": engine.SERVER_HEADER}
+    )

@@ -3,9 +3,11 @@
 Run it as a process on loopback::
 
     python tests/fake_upstream.py --port P [--host 127.0.0.1] [--samples DIR]
+                                  [--tls-cert CHAIN.pem --tls-key KEY.pem]
 
 It prints ``fake upstream listening on HOST:PORT`` (flushed) once it accepts connections;
-``--port 0`` picks a free port and the line tells which.
+``--port 0`` picks a free port and the line tells which. With ``--tls-cert`` and ``--tls-key``
+it speaks HTTPS (HTTP/1.1 only, no ALPN), like an OpenAI-compatible server behind TLS.
 
 It replays the samples of ``tests/samples`` byte for byte, on the routes
 privatemode-proxy serves. Request headers steer it (values are case-insensitive; several
@@ -43,6 +45,7 @@ import collections
 import contextlib
 import json
 import re
+import ssl
 import sys
 import threading
 import time
@@ -596,10 +599,11 @@ async def start_server(
     port: int = 0,
     samples_dir: Path | str | None = None,
     fake: FakeUpstream | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> tuple[asyncio.Server, FakeUpstream]:
     """Start listening; return the server and its state (for in-process use)."""
     fake = fake or FakeUpstream(samples_dir)
-    server = await asyncio.start_server(fake.handle, host, port, limit=HEADER_LIMIT, backlog=1024)
+    server = await asyncio.start_server(fake.handle, host, port, limit=HEADER_LIMIT, backlog=1024, ssl=tls)
     return server, fake
 
 
@@ -608,9 +612,10 @@ async def serve(
     port: int = 0,
     samples_dir: Path | str | None = None,
     on_ready: Any = None,
+    tls: ssl.SSLContext | None = None,
 ) -> None:
     """Serve forever. ``on_ready(host, port)`` is called once it accepts connections."""
-    server, _ = await start_server(host, port, samples_dir)
+    server, _ = await start_server(host, port, samples_dir, tls=tls)
     bound = server.sockets[0].getsockname()
     if on_ready is not None:
         on_ready(bound[0], bound[1])
@@ -681,13 +686,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True, help="port to listen on (0: pick a free one)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--samples", type=Path, default=DEFAULT_SAMPLES, help="directory of sample responses")
+    parser.add_argument("--tls-cert", type=Path, help="serve HTTPS with this certificate chain (PEM)")
+    parser.add_argument("--tls-key", type=Path, help="the private key of --tls-cert (PEM)")
     args = parser.parse_args(argv)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
+    tls = None
+    if args.tls_cert:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(args.tls_cert, args.tls_key)
 
     def ready(host: str, port: int) -> None:
         print(f"fake upstream listening on {host}:{port}", flush=True)
 
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(args.host, args.port, args.samples, on_ready=ready))
+        asyncio.run(serve(args.host, args.port, args.samples, on_ready=ready, tls=tls))
 
 
 if __name__ == "__main__":
