@@ -10,10 +10,11 @@ import sys
 import time
 
 from mitmproxy import exceptions, options
-from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig
+from mitmproxy.addons import core, errorcheck, next_layer, proxyserver
 from mitmproxy.master import Master
 
 from addons.gateway import Gateway
+from addons.tls import CIPHERS_TLS12, OperatorCertificates
 from storage import config
 
 log = logging.getLogger("gateway")
@@ -26,7 +27,7 @@ def engine_addons() -> list:
         core.Core(),
         proxyserver.Proxyserver(),
         next_layer.NextLayer(),
-        tlsconfig.TlsConfig(),
+        OperatorCertificates(),  # tlsconfig's, never falling back to a generated certificate
         errorcheck.ErrorCheck(),
     ]
 
@@ -40,6 +41,7 @@ def mitmproxy_options(s: config.Settings) -> dict:
         # the gateway sets the upstream's Host itself.
         "keep_host_header": True,
         "body_size_limit": f"{s.max_body_mb}m",
+        "ciphers_client": CIPHERS_TLS12,
         "confdir": str(s.data_dir / ".mitmproxy"),
     }
 

@@ -54,6 +54,7 @@ class Gateway:
         self.timeouts: UpstreamTimeouts | None = None
         self.upstream_host = ""
         self.tls: CertificateBundle | None = None
+        self._first_bundle: Path | None = None
         self._tls_task: asyncio.Task | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -81,7 +82,10 @@ class Gateway:
         )
         if s.tls_enabled:
             self.tls = CertificateBundle(s.tls_cert_file, s.tls_key_file, s.data_dir / ".tls")
-            self.tls.write()
+            try:
+                self._first_bundle = self.tls.prepare()
+            except CertificateError as e:
+                raise exceptions.OptionsError(f"TLS_CERT_FILE, TLS_KEY_FILE: {e}") from None
 
     async def running(self) -> None:
         self.live.start()
@@ -91,7 +95,8 @@ class Gateway:
         self.health.start()
         self.timeouts.start()
         if self.tls:
-            ctx.options.update(certs=self.tls.option_value())
+            ctx.options.update(certs=self.tls.option_value(self._first_bundle))
+            self.tls.served(self._first_bundle)
             self._tls_task = asyncio.get_running_loop().create_task(self._watch_certificate())
 
     def done(self) -> None:
@@ -110,12 +115,29 @@ class Gateway:
         while True:
             await asyncio.sleep(CHECK_SECONDS)
             try:
-                if self.tls.changed():
-                    self.tls.write()
-                    ctx.options.update(certs=self.tls.option_value())
-                    log.info("TLS certificate reloaded")
+                self._reload_certificate()
             except Exception:
                 log.exception("reloading the TLS certificate failed; keeping the current one")
+
+    def _reload_certificate(self) -> None:
+        """Serve a renewed pair once it is whole and valid; until then the current one stays."""
+        if not self.tls.changed():
+            return
+        try:
+            path = self.tls.prepare()
+        except FileNotFoundError:
+            return  # between the two renames of a renewal: look again at the next check
+        except CertificateError as e:
+            log.warning("the new TLS certificate is not served, the current one stays: %s", e)
+            return
+        try:
+            ctx.options.update(certs=self.tls.option_value(path))
+        except exceptions.OptionsError as e:  # mitmproxy rolled back to the bundle still on disk
+            path.unlink(missing_ok=True)
+            log.error("mitmproxy refused the new TLS certificate, the current one stays: %s", e)
+            return
+        self.tls.served(path)
+        log.info("TLS certificate reloaded")
 
     # -- hooks -----------------------------------------------------------------------------
 
@@ -149,6 +171,7 @@ class Gateway:
             flow.response = errors.internal_error()
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
+        _add_hsts(flow)
         info: RequestInfo | None = flow.metadata.get(META)
         if info is None:
             return
@@ -168,6 +191,7 @@ class Gateway:
             response.stream = info.tap
 
     def response(self, flow: http.HTTPFlow) -> None:
+        _add_hsts(flow)  # answers the gateway makes itself pass here only
         info: RequestInfo | None = flow.metadata.get(META)
         if info is None or info.finished:
             return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import ssl
 import stat
 from pathlib import Path
@@ -138,3 +139,121 @@ def test_renewed_certificate_is_served_without_restart(tls_gateway, tmp_path):
     r = httpx.get(f"{https(tls_gateway)}/health", verify=_ctx(renewed_ca))
     assert r.status_code == 200
     assert tls_gateway.proc.popen.poll() is None, "no restart"
+
+
+def served_leaf(gateway) -> bytes:
+    return ssl.PEM_cert_to_DER_cert(ssl.get_server_certificate(("127.0.0.1", gateway.proc.port)))
+
+
+def leaf_of(cert_file) -> bytes:
+    pem = Path(cert_file).read_text().split("-----END CERTIFICATE-----")[0] + "-----END CERTIFICATE-----\n"
+    return ssl.PEM_cert_to_DER_cert(pem)
+
+
+def test_a_half_done_renewal_keeps_the_current_certificate(start_gateway, tmp_path):
+    first_ca = trustme.CA()
+    cert_file, key_file = write_certificate(first_ca, tmp_path)
+    gateway = start_gateway(TLS_CERT_FILE=cert_file, TLS_KEY_FILE=key_file)
+    current = leaf_of(cert_file)
+    procs.wait_until(lambda: served_leaf(gateway) == current)
+    # The renewal's first rename: a new chain, but still the old key.
+    renewed_ca = trustme.CA()
+    (tmp_path / "new").mkdir()
+    new_cert, new_key = write_certificate(renewed_ca, tmp_path / "new")
+    os.replace(new_cert, cert_file)
+    procs.wait_until(
+        lambda: "the new TLS certificate is not served" in gateway.proc.log(), timeout=60, interval=0.5
+    )
+    assert served_leaf(gateway) == current, "not mitmproxy's own certificate, not a broken pair"
+    assert "mitmproxy" not in ssl.get_server_certificate(("127.0.0.1", gateway.proc.port))
+    # The second rename completes the pair: now it is served.
+    os.replace(new_key, key_file)
+    procs.wait_until(lambda: served_leaf(gateway) == leaf_of(cert_file), timeout=60, interval=0.5)
+    r = httpx.get(f"{https(gateway)}/health", verify=_ctx(renewed_ca))
+    assert r.status_code == 200
+
+
+def test_a_pair_that_does_not_match_stops_start_up(upstream, tmp_path):
+    cert_file, _ = write_certificate(trustme.CA(), tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    _, other_key = write_certificate(trustme.CA(), other)
+    env = procs.gateway_env(
+        tmp_path / "data",
+        upstream.port,
+        procs.free_port(),
+        procs.free_port(),
+        TLS_CERT_FILE=cert_file,
+        TLS_KEY_FILE=other_key,
+    )
+    proc = procs.Proc("gateway", [procs.sys.executable, "-m", "addons"], env, tmp_path / "gw.log", 0).start()
+    try:
+        assert proc.popen.wait(30) == 2
+        assert proc.log().strip().splitlines()[-1] == (
+            "gateway: configuration error: TLS_CERT_FILE, TLS_KEY_FILE: "
+            "the private key does not belong to the first certificate"
+        )
+    finally:
+        proc.stop()
+
+
+def test_hsts_on_every_answer_over_tls_and_never_over_plain_http(start_gateway, tmp_path):
+    # A gateway of its own: the renewal test above swaps tls_gateway's certificate.
+    ca = trustme.CA()
+    cert_file, key_file = write_certificate(ca, tmp_path)
+    tls_gateway = start_gateway(TLS_CERT_FILE=cert_file, TLS_KEY_FILE=key_file)
+    key = _key(tls_gateway, ca)
+    ok = httpx.get(f"{https(tls_gateway)}/health", verify=_ctx(ca))
+    refused = httpx.get(f"{https(tls_gateway)}/v1/models", verify=_ctx(ca))
+    forwarded = httpx.get(
+        f"{https(tls_gateway)}/v1/models", verify=_ctx(ca), headers={"authorization": f"Bearer {key}"}
+    )
+    streamed = httpx.post(
+        f"{https(tls_gateway)}/v1/chat/completions",
+        verify=_ctx(ca),
+        headers={"authorization": f"Bearer {key}"},
+        json={"model": "gpt-oss-120b", "messages": [], "stream": True},
+    )
+    assert [r.status_code for r in (ok, refused, forwarded, streamed)] == [200, 401, 200, 200]
+    for r in (ok, refused, forwarded, streamed):
+        assert r.headers["strict-transport-security"] == "max-age=31536000", r
+    plain = start_gateway()
+    assert "strict-transport-security" not in httpx.get(f"{plain.url}/health").headers
+
+
+@pytest.fixture(scope="module")
+def rsa_gateway(start_gateway, tmp_path_factory):
+    """An RSA certificate: the suites refused below would otherwise fail for want of an RSA key."""
+    ca = trustme.CA(key_type=trustme.KeyType.RSA)
+    cert = ca.issue_cert("localhost", key_type=trustme.KeyType.RSA)
+    folder = tmp_path_factory.mktemp("rsa")
+    cert.private_key_pem.write_to_path(folder / "privkey.pem")
+    (folder / "fullchain.pem").write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
+    gateway = start_gateway(
+        TLS_CERT_FILE=str(folder / "fullchain.pem"), TLS_KEY_FILE=str(folder / "privkey.pem")
+    )
+    return gateway, ca
+
+
+@pytest.mark.parametrize(
+    ("cipher", "accepted"),
+    [
+        ("ECDHE-RSA-AES128-GCM-SHA256", True),
+        ("ECDHE-RSA-CHACHA20-POLY1305", True),
+        ("AES128-GCM-SHA256", False),  # no forward secrecy
+        ("ECDHE-RSA-AES128-SHA", False),  # CBC
+        ("AES128-SHA", False),
+    ],
+)
+def test_tls12_offers_only_forward_secret_aead_suites(rsa_gateway, cipher, accepted):
+    gateway, ca = rsa_gateway
+    context = _ctx(ca)
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(cipher)
+    with socket.create_connection(("127.0.0.1", gateway.proc.port), timeout=10) as raw:
+        if accepted:
+            with context.wrap_socket(raw, server_hostname="localhost") as tls:
+                assert tls.cipher()[0] == cipher
+        else:
+            with pytest.raises(ssl.SSLError):
+                context.wrap_socket(raw, server_hostname="localhost")
