@@ -28,7 +28,7 @@ from addons.live import KeyEntry, LiveData, Snapshot  # noqa: E402
 from addons.metering import META, RequestInfo, finished  # noqa: E402
 from addons.sse import SseUsageTap  # noqa: E402
 from addons.timeouts import UpstreamTimeouts  # noqa: E402
-from addons.tls import CHECK_SECONDS, CertificateBundle  # noqa: E402
+from addons.tls import CHECK_SECONDS, HSTS, CertificateBundle, CertificateError  # noqa: E402
 from addons.usage import json_object  # noqa: E402
 from addons.writer import UsageWriter  # noqa: E402
 from storage import config, db, keys_file  # noqa: E402
@@ -365,6 +365,11 @@ class Gateway:
         self.in_flight -= 1
         metered = bool(info.key_id) and info.route.kind is routes.Kind.API
         self.writer.put(finished(info, flow.request.method, status, usage, model, complete, metered, body))
+
+
+def _add_hsts(flow: http.HTTPFlow) -> None:
+    if flow.client_conn.tls_established:
+        flow.response.headers["strict-transport-security"] = HSTS
 
 
 def _forwarded(name: bytes) -> bool:
