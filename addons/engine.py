@@ -19,11 +19,15 @@
    upstream connection (a connect or TLS handshake that hangs) gets the timeout as its
    connection error instead, which our renderer (2) turns into the same 504.
 
-Pinned to mitmproxy 12.2 (requirements.txt).
+Pinned to mitmproxy 12.2 (requirements.txt). `install` first checks that every target is there
+and has the shape these patches expect, and stops start-up with `EngineMismatch` naming the patch
+and the mitmproxy version otherwise: a patch that silently does not apply would leave the gateway
+running with HTML errors, a 5-connection cap or no timeout.
 
 Proofs: tests/test_gateway_tls.py (1), tests/test_gateway_errors.py and
 tests/test_gateway_engine_errors.py (2, on HTTP/1.1 and HTTP/2), tests/test_gateway_errors.py and
-tests/test_gateway_upstream_tls.py (3, http and https upstreams).
+tests/test_gateway_upstream_tls.py (3, http and https upstreams), tests/test_engine_install.py
+(the checks).
 """
 
 from __future__ import annotations
@@ -32,10 +36,11 @@ import asyncio
 import collections
 import enum
 import functools
+import inspect
 import weakref
 from collections.abc import Callable
 
-from mitmproxy import http
+from mitmproxy import exceptions, http, version
 from mitmproxy.net.http import http1
 from mitmproxy.proxy import commands, events, layer, server
 from mitmproxy.proxy.layers.http import (
@@ -61,14 +66,27 @@ SERVER_HEADER = "privatemode-gateway"
 # renders any message with "timed out" in it as our 504.
 TIMEOUT_MESSAGE = "upstream timed out (UPSTREAM_TIMEOUT)"
 
+CONNECTIONS_PATCH = "upstream connections per client"
+ERRORS_PATCH = "OpenAI-shaped engine errors"
+TIMEOUT_PATCH = "upstream timeout"
+
 _handlers: weakref.WeakValueDictionary[str, server.ConnectionHandler] = weakref.WeakValueDictionary()
 _render: Callable[[int, str], tuple[int, bytes]] | None = None
 _installed = False
 
 
+class EngineMismatch(RuntimeError, exceptions.OptionsError):
+    """mitmproxy is not the version these patches were made for.
+
+    Also an OptionsError: that is the only kind mitmproxy's addon loader lets through, so the
+    gateway's load hook stops start-up with it instead of logging it and running unpatched.
+    """
+
+
 def install(render_error: Callable[[int, str], tuple[int, bytes]]) -> None:
-    """Apply the patches (idempotent); `render_error(status, message) -> (status, body)`."""
+    """Check every target, then patch (once). `render_error(status, message) -> (status, body)`."""
     global _render, _installed
+    check_targets()
     _render = render_error
     if _installed:
         return
@@ -114,6 +132,104 @@ def install(render_error: Callable[[int, str], tuple[int, bytes]]) -> None:
         return original_http_handle(self, event)
 
     HttpLayer._handle_event = http_handle
+
+
+# -- the checks ----------------------------------------------------------------------------
+
+
+def check_targets() -> None:
+    """Raise EngineMismatch unless every patched or relied-on part of mitmproxy is as expected."""
+    p = CONNECTIONS_PATCH
+    _signature(p, server.ConnectionHandler, "__init__", "self", "context")
+    # The semaphores are made per handler in __init__ (we replace them there) and taken per connect.
+    _refers(p, server.ConnectionHandler, "__init__", "max_conns")
+    _refers(p, server.ConnectionHandler, "open_connection", "max_conns")
+
+    p = ERRORS_PATCH
+    _signature(p, _http1, "make_error_response", "status_code", "message")
+    # HTTP/1 error pages are made only through that module-level name.
+    _refers(p, _http1.Http1Server, "send", "make_error_response")
+    _refers(p, _http1.Http1Server, "read_headers", "make_error_response")
+    _signature(p, _http2.Http2Server, "_handle_event", "self", "event", own=True)
+    # What _http2_error repeats of mitmproxy's HTTP/2 error answer, so that it answers exactly
+    # when mitmproxy would.
+    _refers(
+        p,
+        _http2.Http2Connection,
+        "_handle_event",
+        "ResponseProtocolError",
+        "http_status_code",
+        "is_open_for_us",
+        "headers_sent",
+        "send_headers",
+        "send_data",
+        "data_to_send",
+    )
+    _signature(p, _http2.Http2Connection, "is_open_for_us", "self", "stream_id")
+    _signature(p, ErrorCode, "http_status_code", "self")
+    _signature(p, ResponseProtocolError, "__init__", "self", "stream_id", "message", "code")
+
+    p = TIMEOUT_PATCH
+    # The event goes in where mitmproxy's own injected messages do: down the handler's layers.
+    _signature(p, server.ConnectionHandler, "server_event", "self", "event")
+    _refers(p, server.ConnectionHandler, "server_event", "handle_event")
+    _signature(p, HttpLayer, "_handle_event", "self", "event", own=True)
+    _signature(p, HttpLayer, "event_to_child", "self", "child", "event")
+    _annotated(p, HttpLayer, "streams", "connections", "command_sources", "waiting_for_establishment")
+    _annotated(p, HttpStream, "flow", "stream_id")
+    _refers(p, HttpStream, "__init__", "server_state")
+    _signature(p, HttpStream, "state_wait_for_response_headers", "self", "event")
+    _refers(p, layer.Layer, "__init__", "_paused")
+    if "command" not in getattr(layer.Paused, "_fields", ()):
+        _fail(p, "mitmproxy.proxy.layer.Paused has no field 'command'")
+    _signature(p, GetHttpConnectionCompleted, "__init__", "self", "command", "reply")
+    _signature(p, ResponseHeaders, "__init__", "self", "stream_id", "response", "end_stream")
+    _signature(p, ResponseData, "__init__", "self", "stream_id", "data")
+    _signature(p, ResponseEndOfMessage, "__init__", "self", "stream_id")
+    _signature(p, RequestProtocolError, "__init__", "self", "stream_id", "message", "code")
+    if not hasattr(ErrorCode, "CANCEL"):
+        _fail(p, "ErrorCode.CANCEL is missing")
+
+
+def _fail(patch: str, detail: str) -> None:
+    raise EngineMismatch(
+        f"mitmproxy {version.VERSION} does not fit the gateway's patch '{patch}' "
+        f"(made for mitmproxy 12.2, see addons/engine.py): {detail}"
+    )
+
+
+def _target(patch: str, owner, name: str, own: bool = False):
+    found = vars(owner).get(name) if own else getattr(owner, name, None)
+    if found is None:
+        _fail(patch, f"{_name(owner)}.{name} is missing" + (" (or only inherited)" if own else ""))
+    return found
+
+
+def _signature(patch: str, owner, name: str, *params: str, own: bool = False) -> None:
+    target = _target(patch, owner, name, own)
+    try:
+        found = tuple(inspect.signature(target).parameters)  # follows functools.wraps to the original
+    except (TypeError, ValueError):
+        found = None
+    if found != params:
+        _fail(patch, f"{_name(owner)}.{name} takes {found}, not {params}")
+
+
+def _refers(patch: str, owner, name: str, *names: str) -> None:
+    code = getattr(inspect.unwrap(_target(patch, owner, name)), "__code__", None)
+    missing = [n for n in names if code is None or n not in code.co_names]
+    if missing:
+        _fail(patch, f"{_name(owner)}.{name} no longer uses {', '.join(missing)}")
+
+
+def _annotated(patch: str, cls: type, *names: str) -> None:
+    missing = [n for n in names if n not in getattr(cls, "__annotations__", {})]
+    if missing:
+        _fail(patch, f"{_name(cls)} no longer declares {', '.join(missing)}")
+
+
+def _name(owner) -> str:
+    return f"{owner.__module__}.{owner.__name__}" if isinstance(owner, type) else owner.__name__
 
 
 # -- 2. engine errors ------------------------------------------------------------------------
