@@ -182,7 +182,7 @@ def test_slow_upstream_gets_a_504_and_is_let_go(gateway, ca, pki, protocol):
         assert_timeout(chat(c, gateway, headers, SLOW), protocol)
         # Rows: the key's /v1/models probe, the answered chat, the timed out one.
         assert [row.status for row in usage_rows(gateway, key_id, 3)] == [200, 200, 504]
-        assert chat(c, gateway, headers).status_code == 200, "the same client connection goes on"
+        assert chat(c, gateway, headers).status_code == 200, "the client goes on being served"
 
         # The gateway hung up on the slow request: the upstream saw it go, long before its 30 s.
         def slow_one_ended():
@@ -208,7 +208,9 @@ def test_upstream_stuck_in_the_tls_handshake_gets_a_504(start_gateway, silent_tl
     with client(ca, protocol) as c:
         # /v1/models would wait for the upstream too: the key is accepted when it stops being a 401.
         key_id, headers = new_key(gateway, c)
-        for _ in range(2):  # the second on the same client connection, which must not hang either
+        # Over HTTP/2 the second request shares the client connection, whose attempt to connect
+        # upstream is still under way: it must not hang either.
+        for _ in range(2):
             assert_timeout(chat(c, gateway, headers), protocol)
         usage_rows(gateway, key_id, 3)  # the probe and the two requests were metered
 
