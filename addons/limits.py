@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
-
-from cachetools import TTLCache
+from itertools import islice
 
 # Bounded memory whatever the number of distinct clients; an evicted bucket starts full again.
 MAX_TRACKED_BUCKETS = 100_000
@@ -25,13 +25,16 @@ class Rule:
 class TokenBucket:
     """`rule.requests` tokens, refilled continuously over `rule.window` seconds."""
 
-    __slots__ = ("rule", "tokens", "stamp", "kept")
+    __slots__ = ("rule", "tokens", "stamp")
 
     def __init__(self, rule: Rule, now: float) -> None:
         self.rule = rule
         self.tokens = float(rule.requests)
         self.stamp = now
-        self.kept = now  # when its cache entry's time to live last started
+
+    def tokens_at(self, now: float) -> float:
+        """What the bucket would hold at `now`, without changing it."""
+        return min(self.rule.requests, self.tokens + (now - self.stamp) * self.rule.rate)
 
     def _refill(self, now: float) -> None:
         self.tokens = min(self.rule.requests, self.tokens + (now - self.stamp) * self.rule.rate)
@@ -84,31 +87,46 @@ def format_duration(seconds: float) -> str:
 
 
 class Buckets:
-    """Buckets keyed by a name, each kept only while it could still be below full."""
+    """Buckets keyed by a name, at most MAX_TRACKED_BUCKETS per rule.
 
-    def __init__(self) -> None:
-        self._buckets: dict[Rule, TTLCache] = {}
+    A full bucket is the same as no bucket, so when room is needed the least recently used full
+    one goes first: throttled clients stay throttled however many other addresses arrive. Only if
+    none of the oldest EVICTION_SCAN is full does the fullest of them go.
+    """
+
+    # The oldest entries have been idle longest, so under any realistic rule they are full.
+    EVICTION_SCAN = 16
+
+    def __init__(self, capacity: int = MAX_TRACKED_BUCKETS) -> None:
+        self.capacity = capacity
+        # One table per rule: keys have rules of their own, and a rule changed live by the admin
+        # starts with full buckets.
+        self._buckets: dict[Rule, OrderedDict[str, TokenBucket]] = {}
 
     def get(self, name: str, rule: Rule, now: float) -> TokenBucket:
-        cache = self._buckets.get(rule)
-        if cache is None:
-            # One cache per rule: keys have rules of their own, and a rule changed live by the
-            # admin starts with full buckets. Caches of rules no longer used empty out by TTL.
-            # Entries live two windows and are renewed once a window: an entry is only dropped
-            # a full window after its last use, when its bucket is full again anyway.
-            cache = self._buckets[rule] = TTLCache(
-                MAX_TRACKED_BUCKETS, ttl=2 * rule.window, timer=time.monotonic
-            )
-        bucket = cache.get(name)
-        if bucket is None:
-            bucket = cache[name] = TokenBucket(rule, now)
-        elif now - bucket.kept > rule.window:
-            cache[name] = bucket
-            bucket.kept = now
+        table = self._buckets.setdefault(rule, OrderedDict())
+        bucket = table.get(name)
+        if bucket is not None:
+            table.move_to_end(name)
+            return bucket
+        if len(table) >= self.capacity:
+            self._make_room(table, now)
+        bucket = table[name] = TokenBucket(rule, now)
         return bucket
 
+    def _make_room(self, table: OrderedDict[str, TokenBucket], now: float) -> None:
+        fullest, most = None, -1.0
+        for name, bucket in islice(table.items(), self.EVICTION_SCAN):  # oldest first
+            tokens = bucket.tokens_at(now)
+            if tokens >= bucket.rule.requests:
+                del table[name]
+                return
+            if tokens > most:
+                fullest, most = name, tokens
+        del table[fullest]
+
     def __len__(self) -> int:
-        return sum(len(cache) for cache in self._buckets.values())
+        return sum(len(table) for table in self._buckets.values())
 
 
 class Limiter:

@@ -62,8 +62,34 @@ def test_refusal_carries_retry_after():
     assert int(refused.headers()["retry-after-ms"]) > 29_000
 
 
-def test_a_million_distinct_addresses_keep_memory_bounded():
+def test_distinct_addresses_keep_memory_bounded():
     buckets, rule = Buckets(), Rule(10, 60)
-    for i in range(1_000_000):
+    for i in range(3 * MAX_TRACKED_BUCKETS):
         buckets.get(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}-{i}", rule, 0.0).take(0.0)
     assert len(buckets) <= MAX_TRACKED_BUCKETS
+
+
+def test_a_flood_of_new_addresses_never_frees_a_throttled_one():
+    # Evicting a throttled client's bucket would hand it a full one: the flood is the bypass.
+    buckets, rule = Buckets(capacity=1000), Rule(100, 60)
+    victim = buckets.get("victim", rule, 0.0)
+    while victim.take(0.0):
+        pass
+    for i in range(20_000):  # 20 times the room, within half a second
+        now = i / 40_000
+        buckets.get(f"flood-{i}", rule, now).take(now)
+    assert len(buckets) <= 1000
+    assert buckets.get("victim", rule, 0.5) is victim and not victim.take(0.5), "still throttled"
+
+
+def test_full_buckets_go_first_then_the_fullest():
+    buckets, rule = Buckets(capacity=3), Rule(10, 10)  # one token a second
+    for name in ("a", "b", "c"):
+        bucket = buckets.get(name, rule, 0.0)
+        for _ in range(10):
+            bucket.take(0.0)
+    buckets.get("b", rule, 0.0).tokens = 9.5  # b has refilled most
+    buckets.get("d", rule, 0.1)  # no full one: the fullest of the oldest goes
+    assert set(buckets._buckets[rule]) == {"a", "c", "d"}
+    buckets.get("e", rule, 0.2)  # d is full (new): it goes, the throttled stay
+    assert set(buckets._buckets[rule]) == {"a", "c", "e"}
