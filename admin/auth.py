@@ -104,6 +104,10 @@ def _safe_next(target: str | None) -> str:
     default = url_for("keys.index")
     if not target:
         return default
+    # Control characters: CR or LF would make the Location header invalid (a 500, or a header
+    # injected by a laxer server), and urlsplit drops tabs and newlines where a browser may not.
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in target):
+        return default
     parts = urlsplit(target)
     if parts.scheme or parts.netloc or not parts.path.startswith("/admin/") or "\\" in target:
         return default

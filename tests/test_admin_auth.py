@@ -177,11 +177,24 @@ def test_cookie_lifetime_is_the_idle_timeout(client, auth):
         ("//evil.example/admin/", "/admin/keys"),
         ("/v1/models", "/admin/keys"),
         ("/admin/\\evil", "/admin/keys"),
+        ("/admin/\r\nSet-Cookie: x=1", "/admin/keys"),
+        ("\r\nSet-Cookie: x=1", "/admin/keys"),
+        ("/admin/keys\nx", "/admin/keys"),
+        ("/\t/evil.example/admin/", "/admin/keys"),
+        ("/admin/\x00", "/admin/keys"),
     ],
 )
 def test_login_returns_only_to_admin_pages(auth, target, expected):
     r = auth.login(next=target)
-    assert r.headers["Location"] == expected
+    assert (r.status_code, r.headers["Location"]) == (302, expected)
+    assert [h for h in r.headers.getlist("Set-Cookie") if not h.startswith("pmg_admin=")] == []
+
+
+@pytest.mark.parametrize("target", ["/admin/\r\nSet-Cookie:x=1", "\r\nSet-Cookie:x=1", "/admin/usage\r"])
+def test_a_logged_in_login_page_with_a_bad_next_leads_to_the_keys(client, logged_in, target):
+    r = client.get("/admin/login", query_string={"next": target})
+    assert (r.status_code, r.headers["Location"]) == (302, "/admin/keys")
+    assert [h for h in r.headers.getlist("Set-Cookie") if not h.startswith("pmg_admin=")] == []
 
 
 def test_sessions_survive_a_restart(client, auth, settings):
