@@ -8,12 +8,12 @@ from typing import Any
 
 from flask import Flask, redirect, render_template, url_for
 from werkzeug.exceptions import HTTPException
-from werkzeug.middleware.proxy_fix import ProxyFix
 
 from admin import auth, formatting, security, startup, views
+from admin.forwarded import FromGateway
 from admin.lockout import Lockout
 from admin.sessions import SessionRegistry
-from storage import config
+from storage import admin_link, config
 from storage.config import Settings
 
 IDLE_TIMEOUT = 30 * 60
@@ -44,14 +44,20 @@ def create_app(settings: Settings | None = None, test_config: Mapping[str, Any] 
         WTF_CSRF_SSL_STRICT=False,
         # The token lives as long as the session, which expires on its own.
         WTF_CSRF_TIME_LIMIT=None,
-        MAX_CONTENT_LENGTH=1024 * 1024,
+        # The gateway refuses larger bodies before they get here; this holds for anything else.
+        MAX_CONTENT_LENGTH=admin_link.MAX_BODY_BYTES,
     )
     if test_config:
         app.config.from_mapping(test_config)
     if not app.config.get("SECRET_KEY"):
         app.config["SECRET_KEY"] = startup.load_secret_key(settings.data_dir)
-    # Only the gateway reaches us (loopback): trust the one hop it adds.
-    app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)
+    # Loopback is open to everything on the machine: only the gateway's secret makes its
+    # X-Forwarded-* headers count (see admin/forwarded.py).
+    try:
+        gateway_secret = admin_link.load_or_create(settings.data_dir)
+    except admin_link.SecretError as exc:
+        raise startup.StartupError(f"the secret shared with the gateway: {exc}") from None
+    app.wsgi_app = FromGateway(app.wsgi_app, gateway_secret)
     app.extensions["admin_settings"] = settings
 
     sessions_file = app.config.get("ADMIN_SESSIONS_FILE", settings.data_dir / "admin_sessions.json")

@@ -11,7 +11,7 @@ from peewee import PeeweeException
 
 from admin import create_app
 from admin.startup import StartupError
-from storage import config, db
+from storage import admin_link, config, db
 
 log = logging.getLogger("admin")
 
@@ -41,8 +41,14 @@ def main() -> int:
             port=settings.admin_port,
             threads=4,
             ident="",
-            # Keep X-Forwarded-*: only the gateway reaches loopback, and ProxyFix in the app reads them.
+            # Keep X-Forwarded-*: the app decides whether to believe them (admin/forwarded.py);
+            # waitress could only go by the peer's address, and on loopback that proves nothing.
             clear_untrusted_proxy_headers=False,
+            # A body larger than the app takes is refused while waitress reads it, so no more
+            # than that is spooled to TMPDIR (a 64 MB tmpfs in production). waitress refuses
+            # this size and up (a chunked body counted with its framing), the app anything
+            # over MAX_BODY_BYTES.
+            max_request_body_size=admin_link.MAX_BODY_BYTES + 1,
         )
     except OSError as exc:
         address = f"127.0.0.1:{settings.admin_port}"

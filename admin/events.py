@@ -8,7 +8,8 @@ from storage import audit
 
 
 def client_addr() -> str:
-    # After ProxyFix this is the gateway's X-Forwarded-For: the real client.
+    # The gateway's X-Forwarded-For (the real client) when it vouched for it, else the socket's
+    # peer (see admin/forwarded.py).
     return request.remote_addr or ""
 
 

@@ -36,7 +36,7 @@ class SessionInterface(SecureCookieSessionInterface):
     """Flask's signed-cookie session, `Secure` exactly when the client reached us over HTTPS."""
 
     def get_cookie_secure(self, app: Flask) -> bool:
-        # request.scheme comes from X-Forwarded-Proto, set by the gateway (see ProxyFix in create_app).
+        # request.scheme comes from the gateway's X-Forwarded-Proto (see admin/forwarded.py).
         return request.is_secure
 
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from flask import Flask
 from flask.testing import FlaskClient
+
+from storage import admin_link
 
 PASSWORD = "correct horse battery staple"
 CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -16,6 +19,12 @@ def csrf_token(html: str) -> str:
     if not match:
         raise AssertionError("no CSRF token in the page")
     return match.group(1)
+
+
+def from_gateway(app: Flask, **headers: str) -> dict[str, str]:
+    """`headers` as the gateway sends them: with the secret that makes the admin believe them."""
+    secret = admin_link.load_or_create(app.extensions["admin_settings"].data_dir)
+    return {admin_link.HEADER: secret, **headers}
 
 
 class Clock:
@@ -39,7 +48,7 @@ class Auth:
         return self.client.post(
             "/admin/login",
             data={"csrf_token": csrf_token(page.text), "password": password, **kwargs},
-            headers={"X-Forwarded-For": addr},
+            headers=from_gateway(self.client.application, **{"X-Forwarded-For": addr}),
         )
 
     def token(self) -> str:

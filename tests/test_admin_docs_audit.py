@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from storage import audit, keys, prices
+from tests.admin_helpers import from_gateway
 
 pytest_plugins = ("tests.admin_fixtures",)
 
@@ -16,9 +17,9 @@ def test_docs_use_this_deployments_base_url(client, logged_in):
     assert "curl http://localhost/v1/chat/completions" in html
 
 
-def test_docs_behind_the_gateway_over_https(client, logged_in):
-    html = client.get("/admin/docs", headers={"X-Forwarded-Proto": "https",
-                                              "X-Forwarded-Host": "ai.example.org"}).text
+def test_docs_behind_the_gateway_over_https(client, app, logged_in):
+    forwarded = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "ai.example.org"}
+    html = client.get("/admin/docs", headers=from_gateway(app, **forwarded)).text
     assert 'value="https://ai.example.org/v1"' in html
     assert "plain HTTP" not in html
 
@@ -47,8 +48,9 @@ def test_docs_list_models_and_prices_from_the_database(client, logged_in):
     assert "€0.096" in table, "whisper per MB"
 
 
-def test_audit_log_lists_actions_with_address_and_never_a_key(client, logged_in):
-    r = logged_in.post("/admin/keys", {"name": "audited"}, headers={"X-Forwarded-For": "203.0.113.99"})
+def test_audit_log_lists_actions_with_address_and_never_a_key(client, app, logged_in):
+    r = logged_in.post("/admin/keys", {"name": "audited"},
+                       headers=from_gateway(app, **{"X-Forwarded-For": "203.0.113.99"}))
     plaintext = re.search(r"pmg_[\w-]{43}", r.text).group(0)
     audit.record("limit.changed", "rate_limit_requests: 100 -> 5", "192.0.2.1")
     html = client.get("/admin/audit").text

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from storage import audit
+from storage import admin_link, audit
 from storage.db import close_database, open_database
 from tests import procs
 from tests.admin_helpers import PASSWORD
@@ -79,16 +79,21 @@ def test_serves_on_loopback_only_and_stops_on_sigterm(tmp_path):
         page = httpx.get(f"http://127.0.0.1:{port}/admin/login")
         assert page.status_code == 200 and "Log in" in page.text
         assert "server" not in page.headers
-        # The gateway's X-Forwarded-For reaches the app through waitress.
-        token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
-        r = httpx.post(f"http://127.0.0.1:{port}/admin/login", cookies=page.cookies,
-                       data={"csrf_token": token, "password": "not the password"},
-                       headers={"X-Forwarded-For": "198.51.100.23", "X-Forwarded-Proto": "https"})
-        assert r.status_code == 401
-        assert "Secure" in r.headers["set-cookie"]
+        # The gateway's X-Forwarded-* reach the app through waitress, believed with its secret only.
+        shared = tmp_path / admin_link.FILE_NAME
+        assert stat.S_IMODE(shared.stat().st_mode) == 0o600
+        forwarded = {"X-Forwarded-For": "198.51.100.23", "X-Forwarded-Proto": "https"}
+        for headers, secure in (({admin_link.HEADER: shared.read_text().strip(), **forwarded}, True),
+                                (forwarded, False)):
+            token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+            r = httpx.post(f"http://127.0.0.1:{port}/admin/login", cookies=page.cookies,
+                           data={"csrf_token": token, "password": "not the password"}, headers=headers)
+            assert r.status_code == 401
+            assert ("Secure" in r.headers["set-cookie"]) is secure
         open_database(f"sqlite:///{tmp_path / 'gateway.db'}")
         try:
-            assert [(e.action, e.client_addr) for e in audit.recent()] == [("login.failed", "198.51.100.23")]
+            assert [(e.action, e.client_addr) for e in audit.recent()] == [
+                ("login.failed", "127.0.0.1"), ("login.failed", "198.51.100.23")]
         finally:
             close_database()
         secret = tmp_path / "admin_secret_key"

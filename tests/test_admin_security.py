@@ -8,7 +8,7 @@ import pytest
 
 from storage import audit, keys, prices
 from storage import settings as limits_store
-from tests.admin_helpers import PASSWORD, Auth
+from tests.admin_helpers import PASSWORD, Auth, from_gateway
 
 pytest_plugins = ("tests.admin_fixtures",)
 
@@ -137,12 +137,13 @@ def test_session_cookie_flags_over_http(client, auth):
     assert "Secure" not in header
 
 
-def test_session_cookie_is_secure_over_https(client):
-    page = client.get("/admin/login", headers={"X-Forwarded-Proto": "https"})
+def test_session_cookie_is_secure_over_https(client, app):
+    page = client.get("/admin/login", headers=from_gateway(app, **{"X-Forwarded-Proto": "https"}))
     assert "Secure" in set_cookie_header(page)
     token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    forwarded = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.1"}
     r = client.post("/admin/login", data={"csrf_token": token, "password": PASSWORD},
-                    headers={"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.1"})
+                    headers=from_gateway(app, **forwarded))
     assert r.status_code == 302, "no Referer needed: the pages send Referrer-Policy: no-referrer"
     header = set_cookie_header(r)
     assert "Secure" in header and "HttpOnly" in header and "SameSite=Strict" in header
