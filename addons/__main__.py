@@ -43,7 +43,7 @@ def mitmproxy_options(s: config.Settings) -> dict:
         "body_size_limit": f"{s.max_body_mb}m",
         "ciphers_client": CIPHERS_TLS12,
         "confdir": str(s.data_dir / ".mitmproxy"),
-    }
+    } | ({"ssl_verify_upstream_trusted_ca": str(s.upstream_ca_file)} if s.upstream_ca_file else {})
 
 
 async def serve(s: config.Settings) -> int:

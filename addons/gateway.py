@@ -23,7 +23,7 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from addons import engine, errors, routes  # noqa: E402
-from addons.health import Health  # noqa: E402
+from addons.health import Health, upstream_tls_context  # noqa: E402
 from addons.limits import Limiter, Verdict  # noqa: E402
 from addons.live import KeyEntry, LiveData, Snapshot  # noqa: E402
 from addons.metering import META, RequestInfo, finished  # noqa: E402
@@ -74,7 +74,7 @@ class Gateway:
         self.writer = UsageWriter(lambda: self.live.snapshot.prices)
         self.timeouts = UpstreamTimeouts(s.upstream_timeout)
         self.upstream_host = "{}:{}".format(*s.upstream_address)
-        self.health = Health(s.upstream_address)
+        self.health = Health(s.upstream_address, upstream_tls_context(s) if s.upstream_tls else None)
         # mitmproxy's connect errors name the address as a Python tuple: that is how an
         # unreachable admin is told from an unreachable upstream.
         admin_address = f"'127.0.0.1', {s.admin_port})"
@@ -141,6 +141,12 @@ class Gateway:
         log.info("TLS certificate reloaded")
 
     # -- hooks -----------------------------------------------------------------------------
+
+    def server_connect(self, data) -> None:
+        # mitmproxy would ask an https upstream for the name our client asked us for (the
+        # gateway's own), and check the upstream's certificate against it: ask for the upstream.
+        if self.settings.upstream_tls and data.server.address == self.settings.upstream_address:
+            data.server.sni = self.settings.upstream_address[0]
 
     def requestheaders(self, flow: http.HTTPFlow):
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 
 from storage import db
@@ -13,11 +14,17 @@ PROBE_SECONDS = 2.0
 PROBE_TIMEOUT = 1.5
 
 
-async def upstream_answers(host: str, port: int) -> bool:
+def upstream_tls_context(s) -> ssl.SSLContext:
+    """How an https upstream is checked: against UPSTREAM_CA_FILE, else the system's roots."""
+    return ssl.create_default_context(cafile=str(s.upstream_ca_file) if s.upstream_ca_file else None)
+
+
+async def upstream_answers(host: str, port: int, tls: ssl.SSLContext | None = None) -> bool:
     """Any HTTP status line counts: privatemode-proxy has no /health and answers 404."""
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), PROBE_TIMEOUT)
-    except (OSError, TimeoutError):
+        opening = asyncio.open_connection(host, port, ssl=tls, server_hostname=host if tls else None)
+        reader, writer = await asyncio.wait_for(opening, PROBE_TIMEOUT)
+    except (OSError, TimeoutError, ssl.SSLError):
         return False
     try:
         writer.write(b"GET / HTTP/1.1\r\nHost: upstream\r\nConnection: close\r\n\r\n")
@@ -30,15 +37,16 @@ async def upstream_answers(host: str, port: int) -> bool:
 
 
 class Health:
-    def __init__(self, upstream: tuple[str, int]) -> None:
+    def __init__(self, upstream: tuple[str, int], tls: ssl.SSLContext | None = None) -> None:
         self.upstream = upstream
+        self.tls = tls
         self.upstream_ok = False
         self.database_ok = False
         self.checked_at = 0.0
         self._task: asyncio.Task | None = None
 
     async def probe(self) -> None:
-        self.upstream_ok = await upstream_answers(*self.upstream)
+        self.upstream_ok = await upstream_answers(*self.upstream, self.tls)
         self.database_ok = await asyncio.to_thread(db.writable)
         self.checked_at = time.time()
 

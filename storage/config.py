@@ -34,6 +34,7 @@ class Settings:
     global_rate_limit_requests: int
     global_rate_limit_window: int
     upstream_url: str
+    upstream_ca_file: Path | None  # a private CA the https upstream's certificate is checked against
     listen_host: str
     listen_port: int
     admin_port: int
@@ -51,6 +52,10 @@ class Settings:
     @property
     def max_body_bytes(self) -> int:
         return self.max_body_mb * 1024 * 1024
+
+    @property
+    def upstream_tls(self) -> bool:
+        return self.upstream_url.startswith("https:")
 
     @property
     def upstream_address(self) -> tuple[str, int]:
@@ -116,6 +121,13 @@ def _upstream_url(env: Mapping[str, str]) -> str:
     return url.rstrip("/")
 
 
+def _readable_file(env: Mapping[str, str], name: str) -> Path | None:
+    value = env.get(name, "").strip()
+    if value and not os.access(value, os.R_OK):
+        raise ConfigError(f"{name}: cannot read {value}")
+    return Path(value) if value else None
+
+
 def _tls_files(env: Mapping[str, str]) -> tuple[Path | None, Path | None]:
     cert = env.get("TLS_CERT_FILE", "").strip()
     key = env.get("TLS_KEY_FILE", "").strip()
@@ -158,6 +170,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         global_rate_limit_requests=global_requests,
         global_rate_limit_window=global_window,
         upstream_url=_upstream_url(env),
+        upstream_ca_file=_readable_file(env, "UPSTREAM_CA_FILE"),
         listen_host=env.get("LISTEN_HOST", "").strip() or "0.0.0.0",
         # PORT is the original auth proxy's name for it.
         listen_port=_port(env, "LISTEN_PORT", _port(env, "PORT", 8080)),

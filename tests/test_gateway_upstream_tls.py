@@ -4,7 +4,8 @@ mitmproxy does TLS in its own layers, so an https upstream's socket carries TLS 
 504 must be handed to the waiting request above TLS. The late upstreams here: the fake upstream
 (over https, and over http for comparison), one stuck in the TLS handshake, and an HTTP/2-only
 one whose connection other requests share. Their certificates come from a private CA, which the
-gateway is told to trust (see LAUNCHER).
+gateway trusts through UPSTREAM_CA_FILE, and name only the upstream's address: the gateway asks
+the upstream for that, not for the name its own clients used.
 """
 
 from __future__ import annotations
@@ -37,15 +38,6 @@ SLOW = "?fake-scenario=slow&fake-delay-s=30"
 # No setting names a private CA for the upstream (mitmproxy trusts certifi's bundle, which
 # ignores SSL_CERT_FILE): the launcher is run with the one mitmproxy option such a setting would
 # set added to those it derives from the environment; everything else is `python -m addons`.
-LAUNCHER = """
-import sys
-from addons import __main__ as launcher
-derived, ca_file = launcher.mitmproxy_options, sys.argv[1]
-launcher.mitmproxy_options = lambda s: {**derived(s), "ssl_verify_upstream_trusted_ca": ca_file}
-sys.exit(launcher.main())
-"""
-
-
 @pytest.fixture(scope="module")
 def ca() -> trustme.CA:
     return trustme.CA()
@@ -56,11 +48,12 @@ def pki(ca, tmp_path_factory) -> dict[str, str]:
     folder = tmp_path_factory.mktemp("pki")
     files = {"ca": str(folder / "ca.pem")}
     ca.cert_pem.write_to_path(files["ca"])
-    # The gateway asks the upstream for the name its own client asked it for, or for the address.
-    cert = ca.issue_cert("localhost", "127.0.0.1")
-    for name, blobs in (("cert", cert.cert_chain_pems), ("key", [cert.private_key_pem])):
-        files[name] = str(folder / f"{name}.pem")
-        (folder / f"{name}.pem").write_bytes(b"".join(blob.bytes() for blob in blobs))
+    # The gateway's own certificate, for the name its clients use; the upstreams' for their address.
+    for prefix, names in (("", ("localhost",)), ("upstream_", ("127.0.0.1",))):
+        cert = ca.issue_cert(*names)
+        for name, blobs in (("cert", cert.cert_chain_pems), ("key", [cert.private_key_pem])):
+            files[prefix + name] = str(folder / f"{prefix}{name}.pem")
+            (folder / f"{prefix}{name}.pem").write_bytes(b"".join(blob.bytes() for blob in blobs))
     return files
 
 
@@ -68,7 +61,7 @@ def pki(ca, tmp_path_factory) -> dict[str, str]:
 def tls_upstream(pki, tmp_path_factory):
     port = procs.free_port()
     args = [sys.executable, str(procs.ROOT / "tests" / "fake_upstream.py"), "--port", str(port)]
-    args += ["--tls-cert", pki["cert"], "--tls-key", pki["key"]]
+    args += ["--tls-cert", pki["upstream_cert"], "--tls-key", pki["upstream_key"]]
     log = tmp_path_factory.mktemp("upstream") / "fake-upstream.log"
     proc = procs.Proc("tls fake upstream", args, procs.base_env(), log, port).start().wait_port()
     yield proc
@@ -80,6 +73,7 @@ class Gateway:
     proc: procs.Proc
     upstream_url: str
     data_dir: Path
+    ca_file: str
 
     def url(self, path: str) -> str:
         return f"https://localhost:{self.proc.port}{path}"
@@ -106,11 +100,12 @@ def start_gateway(pki, tmp_path_factory):
             TLS_CERT_FILE=pki["cert"],
             TLS_KEY_FILE=pki["key"],
             RATE_LIMIT_REQUESTS="100000",
+            UPSTREAM_CA_FILE=pki["ca"],
         )
-        args = [sys.executable, "-c", LAUNCHER, pki["ca"]]
+        args = [sys.executable, "-m", "addons"]
         proc = procs.Proc("gateway", args, env, data_dir / "gateway.log", port)
         started.append(proc)
-        return Gateway(proc.start().wait_port(), upstream_url, data_dir)
+        return Gateway(proc.start().wait_port(), upstream_url, data_dir, pki["ca"])
 
     yield start
     for proc in started:
@@ -246,8 +241,11 @@ class Http2Upstream:
     def _serve(self, raw: socket.socket) -> None:
         try:
             s = self.tls.wrap_socket(raw, server_side=True)
-        except OSError:  # the gateway's health probe speaks plain HTTP
+        except OSError:
             raw.close()
+            return
+        if s.selected_alpn_protocol() != "h2":  # the gateway's health probe: HTTP/1.1, no ALPN
+            s.close()
             return
         self.connections += 1
         conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
@@ -273,7 +271,7 @@ class Http2Upstream:
 
 @pytest.fixture(scope="module")
 def h2_upstream(pki):
-    upstream = Http2Upstream(pki["cert"], pki["key"])
+    upstream = Http2Upstream(pki["upstream_cert"], pki["upstream_key"])
     yield upstream
     upstream.close()
 
@@ -287,3 +285,9 @@ def test_http2_upstream_resets_only_the_stream_that_timed_out(start_gateway, h2_
         assert c.get(gateway.url("/v1/models"), headers=headers).status_code == 200
     assert h2_upstream.connections == 1, "the upstream connection was kept for the next request"
     assert h2_upstream.resets == [h2.errors.ErrorCodes.CANCEL]
+
+
+def test_health_checks_an_https_upstream_over_tls(gateway):
+    trust = ssl.create_default_context(cafile=gateway.ca_file)
+    r = httpx.get(gateway.url("/health"), verify=trust, timeout=10)
+    assert r.json()["upstream"] == "ok", r.text
