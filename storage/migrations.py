@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from peewee import Database, TextField
+from peewee import BigIntegerField, Database, TextField
 from playhouse.migrate import SqliteMigrator, migrate
 
 
@@ -30,6 +30,16 @@ def _v2_file_entries_and_key_limit_names(database: Database) -> None:
         database.execute_sql("UPDATE setting SET name = ? WHERE name = ?", (new, old))
 
 
+def _v3_usage_uid(database: Database) -> None:
+    # usage.uid: the request's number, unique, so that rows the gateway replays from its journal
+    # (after SIGKILL, or once an unwritable database works again) are inserted once.
+    migrator = SqliteMigrator(database)
+    migrate(
+        migrator.add_column("usage", "uid", BigIntegerField(null=True)),
+        migrator.add_index("usage", ("uid",), True),
+    )
+
+
 # (version reached, what it changes, the step). Append only; never edit a released step.
 MIGRATIONS: tuple[tuple[int, str, Callable[[Database], None]], ...] = (
     (
@@ -37,6 +47,7 @@ MIGRATIONS: tuple[tuple[int, str, Callable[[Database], None]], ...] = (
         "api_key.file_entry; per-key limit settings renamed key_rate_limit_*",
         _v2_file_entries_and_key_limit_names,
     ),
+    (3, "usage.uid, unique: journal replays are idempotent", _v3_usage_uid),
 )
 LATEST = MIGRATIONS[-1][0] if MIGRATIONS else 1
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from peewee import (
+    BigIntegerField,
     BooleanField,
     CompositeKey,
     DateField,
@@ -115,6 +116,9 @@ class Usage(BaseModel):
     streamed = BooleanField(default=False)
     complete = BooleanField(default=True)
     default_price = BooleanField(default=False)
+    # The request's own number (addons/metering.py): a row replayed from the gateway's journal
+    # after a crash or an outage is inserted once. NULL in rows written before schema version 3.
+    uid = BigIntegerField(null=True, unique=True)
 
     class Meta:
         indexes = ((("key_id", "ts"), False),)

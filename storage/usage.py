@@ -30,6 +30,7 @@ class UsageRecord:
     streamed: bool = False
     complete: bool = True
     default_price: bool = False
+    uid: int | None = None  # the request's number: a row given twice (a journal replay) is stored once
 
 
 _RECORD_FIELDS = tuple(f.name for f in fields(UsageRecord))
@@ -49,7 +50,7 @@ _FLOAT_SUMS = ("audio_seconds", "cost_eur")
 
 _USAGE_COLUMNS = ", ".join(f'"{name}"' for name in _RECORD_FIELDS)
 _ROW_MARKS = f"({', '.join('?' for _ in _RECORD_FIELDS)})"
-_ROWS_PER_INSERT = 500  # 16 columns: well under SQLite's 32,766 bound parameters
+_ROWS_PER_INSERT = 500  # 17 columns: well under SQLite's 32,766 bound parameters
 _SUM_COLUMNS = ", ".join(f'"{name}"' for name in _SUMS)
 _ROLL_UP = f"""
     INSERT INTO "daily_usage" ("day", "key_id", "model", {_SUM_COLUMNS})
@@ -88,15 +89,18 @@ def _row(r: UsageRecord) -> tuple:
         r.streamed,
         r.complete,
         r.default_price,
+        r.uid,
     )
 
 
 def _insert_usage(cursor, rows: list[tuple]) -> None:
     """One multi-row INSERT: executemany would release and retake the GIL for every row, and
-    each time wait for the gateway's busy event loop to hand it back."""
+    each time wait for the gateway's busy event loop to hand it back. A row whose uid is stored
+    already is skipped: the rollup below counts only rows inserted now."""
     values = ", ".join([_ROW_MARKS] * len(rows))
     cursor.execute(
-        f'INSERT INTO "usage" ({_USAGE_COLUMNS}) VALUES {values}', [v for row in rows for v in row]
+        f'INSERT INTO "usage" ({_USAGE_COLUMNS}) VALUES {values} ON CONFLICT ("uid") DO NOTHING',
+        [v for row in rows for v in row],
     )
 
 

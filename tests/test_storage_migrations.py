@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from storage import db, keys, keys_file, migrations, settings
+from storage import db, keys, keys_file, migrations, settings, usage
 from storage.models import AuditLog, DailyUsage, Usage
 
 # Made by tests/fixtures/make_release_0_1.py with the code of release 0.1 (commit b62f125).
@@ -107,3 +107,38 @@ def test_a_database_from_a_newer_release_is_refused(tmp_path):
     with pytest.raises(migrations.SchemaTooNew, match="newer than this release"):
         db.open_database(f"sqlite:///{path}")
     db.close_database()
+
+
+def _usage_shape(path) -> tuple[list, list]:
+    conn = sqlite3.connect(path)
+    try:
+        columns = sorted((row[1], row[2], row[3]) for row in conn.execute("PRAGMA table_info(usage)"))
+        indexes = sorted((row[1], row[2]) for row in conn.execute("PRAGMA index_list(usage)"))
+    finally:
+        conn.close()
+    return columns, indexes
+
+
+def test_version_3_gives_release_0_1_usage_the_unique_uid_of_a_new_database(old_db, tmp_path):
+    fresh = tmp_path / "fresh.db"
+    conn = sqlite3.connect(fresh)
+    conn.close()
+    db.open_database(f"sqlite:///{fresh}")
+    assert _usage_shape(old_db) == _usage_shape(fresh)
+    columns, indexes = _usage_shape(old_db)
+    assert ("uid", "INTEGER", 0) in columns and ("usage_uid", 1) in indexes
+    db.open_database(f"sqlite:///{old_db}")
+    assert [u.uid for u in Usage.select()] == [None, None, None], "older rows have none"
+
+
+def test_a_row_given_twice_is_stored_and_rolled_up_once(old_db):
+    # What the gateway's journal replay relies on (addons/journal.py).
+    ts = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
+    row = usage.UsageRecord(ts=ts, key_id="legacy", endpoint="/v1/chat/completions", model="m", status=200,
+                            total_tokens=5, uid=2**62 + 7)
+    usage.record_batch([row, row])
+    usage.record_batch([row, usage.UsageRecord(ts=ts, key_id="legacy", endpoint="/v1/embeddings", model="m",
+                                               status=200, uid=8)])
+    assert Usage.select().where(Usage.uid.is_null(False)).count() == 2
+    day = DailyUsage.get(DailyUsage.day == date(2026, 11, 21))
+    assert (day.requests, day.total_tokens) == (2, 5)
