@@ -330,6 +330,14 @@ class Gateway:
                 "invalid_request_error", "request_too_large",
             )
             return
+        if "transfer-encoding" in request.headers:
+            # Browsers declare the size of a form: an HTTP/1.1 body of unknown size is refused
+            # here, at once, rather than cut by _AdminBody while the admin races to answer.
+            flow.response = errors.error_response(
+                411, "The admin panel takes request bodies with a Content-Length only.",
+                "invalid_request_error", "length_required",
+            )
+            return
         public_host = request.host_header or ""  # kept by keep_host_header: the name clients use
         request.scheme, request.host, request.port = "http", "127.0.0.1", self.settings.admin_port
         request.host_header = f"127.0.0.1:{self.settings.admin_port}"
@@ -341,7 +349,7 @@ class Gateway:
         request.headers["x-forwarded-for"] = info.client_ip
         request.headers["x-forwarded-proto"] = "https" if self._client_used_https(flow) else "http"
         request.headers["x-forwarded-prefix"] = "/admin"
-        # A chunked body has no declared size to check: it is cut after the limit instead.
+        # An HTTP/2 body may come without a declared size: it is cut after the limit instead.
         request.stream = _AdminBody(admin_link.MAX_BODY_BYTES)
 
     # -- forwarding ------------------------------------------------------------------------
