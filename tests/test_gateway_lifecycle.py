@@ -59,6 +59,7 @@ def test_upstream_breaking_off_leaves_an_interrupted_row(gateway, api_key):
 def test_sigterm_finishes_streams_and_loses_no_row(start_gateway):
     gateway = start_gateway(SHUTDOWN_TIMEOUT="20")
     key_id, plaintext = gateway.new_key()
+    httpx.post(f"http://127.0.0.1:{gateway.upstream_port}/_fake/reset")  # count this test's streams only
     results: list[list[bytes]] = []
     streams = [
         threading.Thread(target=lambda: results.append(stream_request(gateway, plaintext, HOLD)))
@@ -78,8 +79,9 @@ def test_sigterm_finishes_streams_and_loses_no_row(start_gateway):
 
 
 def gateway_in_flight(gateway) -> int:
-    stats = httpx.get(f"http://127.0.0.1:{gateway.upstream_port}/_fake/stats").json()
-    return stats["in_flight"]
+    """Streams the upstream is serving now (not the health probe's GET /, which it also counts)."""
+    requests = gateway.upstream_requests()
+    return sum(1 for q in requests if q["path"] == "/v1/chat/completions" and q["outcome"] == "pending")
 
 
 def test_sigterm_on_an_idle_gateway_exits_at_once(start_gateway):
