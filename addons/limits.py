@@ -142,20 +142,24 @@ class Limiter:
         bucket = self.ip.get(ip, rule, now)
         return Verdict(bucket.take(now), "ip", bucket)
 
-    def check_key(self, key_id: str, key_rule: Rule, global_rule: Rule, ip_verdict: Verdict) -> Verdict:
-        """Take from the key's bucket, then the global one; report the tightest that applied."""
+    def check_key(self, key_id: str, key_rule: Rule | None, global_rule: Rule, ip_verdict: Verdict
+                  ) -> Verdict:
+        """Take from the key's bucket (None: the key has none), then the global one; report the
+        tightest that applied."""
         now = time.monotonic()
-        key_bucket = self.key.get(key_id, key_rule, now)
-        if not key_bucket.take(now):
+        key_bucket = self.key.get(key_id, key_rule, now) if key_rule else None
+        if key_bucket is not None and not key_bucket.take(now):
             return Verdict(False, "key", key_bucket)
         if self._global is None or self._global[0] != global_rule:
             self._global = (global_rule, TokenBucket(global_rule, now))
         global_bucket = self._global[1]
         if not global_bucket.take(now):
-            key_bucket.tokens += 1  # not spent: the request was refused
+            if key_bucket is not None:
+                key_bucket.tokens += 1  # not spent: the request was refused
             return Verdict(False, "global", global_bucket)
-        if ip_verdict.bucket.tokens < min(key_bucket.tokens, global_bucket.tokens):
+        key_tokens = key_bucket.tokens if key_bucket is not None else math.inf
+        if ip_verdict.bucket.tokens < min(key_tokens, global_bucket.tokens):
             return ip_verdict
-        if global_bucket.tokens < key_bucket.tokens:
+        if global_bucket.tokens < key_tokens:
             return Verdict(True, "global", global_bucket)
         return Verdict(True, "key", key_bucket)

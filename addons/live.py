@@ -28,7 +28,7 @@ class KeyEntry:
     key_id: str
     enabled: bool
     expires_at: datetime | None
-    rule: Rule  # the key's own limit, or the default per-key limit
+    rule: Rule | None  # the key's own limit, the per-key default, or None: the global limit alone
 
 
 @dataclass(frozen=True)
@@ -44,16 +44,21 @@ def load_snapshot(default_limits: settings.Limits) -> Snapshot:
     revision = db.revision()
     limits = settings.load_limits(default_limits)
     window = limits.key_rate_limit_window
+    global_rule = Rule(limits.global_rate_limit_requests, limits.global_rate_limit_window)
+    default_rule = Rule(limits.key_rate_limit_requests, window)
+    # A per-key default equal to the global limit can never bind first: as in the original
+    # proxy, such keys get no bucket of their own, and a refusal names the global limit.
+    default_rule = None if default_rule == global_rule else default_rule
     entries = {
         k.key_hash: KeyEntry(
-            k.key_id, k.enabled, k.expires_at, Rule(k.rate_limit or limits.key_rate_limit_requests, window)
+            k.key_id, k.enabled, k.expires_at, Rule(k.rate_limit, window) if k.rate_limit else default_rule
         )
         for k in keys.list_keys()
     }
     return Snapshot(
         entries,
         Rule(limits.ip_rate_limit_requests, limits.ip_rate_limit_window),
-        Rule(limits.global_rate_limit_requests, limits.global_rate_limit_window),
+        global_rule,
         prices.all_prices(),
         revision,
     )

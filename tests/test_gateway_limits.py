@@ -135,3 +135,12 @@ def test_rate_limit_requests_is_the_global_limit_as_in_the_original(start_gatewa
     statuses = [models(gateway, plaintexts[i % 2]).status_code for i in range(4)]
     assert statuses == [200, 200, 200, 429]
     assert_limited(models(gateway, plaintexts[0]), "global")
+
+
+def test_one_key_alone_is_refused_by_the_global_limit_it_was_given(start_gateway):
+    # Without KEY_RATE_LIMIT_*, a refusal names the limit the operator set, not a per-key one.
+    gateway = start_gateway(RATE_LIMIT_REQUESTS="2", RATE_LIMIT_WINDOW="3600")
+    gateway.use_database()
+    _, plaintext = keys.create_key("alone")
+    assert [models(gateway, plaintext).status_code for _ in range(2)] == [200, 200]
+    assert_limited(models(gateway, plaintext), "global")

@@ -93,3 +93,13 @@ def test_full_buckets_go_first_then_the_fullest():
     assert set(buckets._buckets[rule]) == {"a", "c", "d"}
     buckets.get("e", rule, 0.2)  # d is full (new): it goes, the throttled stay
     assert set(buckets._buckets[rule]) == {"a", "c", "e"}
+
+
+def test_a_key_without_a_bucket_is_bounded_by_the_global_limit_alone():
+    limiter = Limiter()
+    ip = limiter.check_ip("1.2.3.4", Rule(100, 60))
+    assert limiter.check_key("a", None, Rule(2, 60), ip).scope == "global"
+    assert limiter.check_key("a", None, Rule(2, 60), ip).allowed
+    refused = limiter.check_key("a", None, Rule(2, 60), ip)
+    assert (refused.allowed, refused.scope) == (False, "global")
+    assert len(limiter.key) == 0
