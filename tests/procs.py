@@ -182,3 +182,15 @@ def stop_session(popen: subprocess.Popen, timeout: float = 60.0) -> None:
         popen.wait(5)
     except subprocess.TimeoutExpired:
         pass
+
+
+def failed_start(folder: Path, upstream_port: int, **extra: str) -> str:
+    """Start a gateway that must refuse to start: check it exits 2, and return its last log line."""
+    env = gateway_env(folder / "data", upstream_port, free_port(), free_port(), **extra)
+    proc = Proc("gateway", [sys.executable, "-m", "addons"], env, folder / "refused-gateway.log", 0).start()
+    try:
+        assert proc.popen.wait(30) == 2, proc.log()
+        assert "Traceback" not in proc.log(), proc.log()
+        return proc.log().strip().splitlines()[-1]
+    finally:
+        proc.stop()

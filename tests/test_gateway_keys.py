@@ -150,33 +150,16 @@ def test_an_unknown_field_imports_the_key_and_names_the_field(upstream, data_dir
 def test_a_keys_file_that_cannot_be_used_stops_start_up_in_one_line(upstream, tmp_path, content, problem):
     keys_file = tmp_path / "api_keys.json"
     keys_file.write_text(content)
-    env = procs.gateway_env(
-        tmp_path / "data", upstream.port, procs.free_port(), procs.free_port(), API_KEYS_FILE=str(keys_file)
-    )
-    proc = procs.Proc("gateway", [sys.executable, "-m", "addons"], env, tmp_path / "gw.log", 0).start()
-    try:
-        assert proc.popen.wait(30) == 2
-        last = proc.log().strip().splitlines()[-1]
-        assert last.startswith(f"gateway: configuration error: API_KEYS_FILE: {keys_file}")
-        assert problem in last and "Traceback" not in proc.log()
-    finally:
-        proc.stop()
+    last = procs.failed_start(tmp_path, upstream.port, API_KEYS_FILE=str(keys_file))
+    assert last.startswith(f"gateway: configuration error: API_KEYS_FILE: {keys_file}") and problem in last
 
 
 def test_a_keys_file_that_cannot_be_read_at_all_stops_start_up(upstream, tmp_path):
     keys_file = tmp_path / "api_keys.json"
     keys_file.mkdir()  # readable by nobody as a file, root included
-    env = procs.gateway_env(
-        tmp_path / "data", upstream.port, procs.free_port(), procs.free_port(), API_KEYS_FILE=str(keys_file)
+    assert procs.failed_start(tmp_path, upstream.port, API_KEYS_FILE=str(keys_file)) == (
+        f"gateway: configuration error: API_KEYS_FILE: {keys_file}: cannot read: Is a directory"
     )
-    proc = procs.Proc("gateway", [sys.executable, "-m", "addons"], env, tmp_path / "gw.log", 0).start()
-    try:
-        assert proc.popen.wait(30) == 2, proc.log()
-        assert proc.log().strip().splitlines()[-1] == (
-            f"gateway: configuration error: API_KEYS_FILE: {keys_file}: cannot read: Is a directory"
-        )
-    finally:
-        proc.stop()
 
 
 def test_a_bad_edit_while_running_keeps_the_last_good_keys(upstream, data_dir, tmp_path):

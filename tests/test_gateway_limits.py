@@ -108,15 +108,8 @@ def test_global_limit_covers_all_keys_and_changes_live(start_gateway):
 
 @pytest.mark.parametrize("limit", ["0", "-1", "many"])
 def test_bad_limit_variable_stops_start_up(tmp_path, upstream, limit):
-    env = procs.gateway_env(
-        tmp_path, upstream.port, procs.free_port(), procs.free_port(), RATE_LIMIT_REQUESTS=limit
-    )
-    proc = procs.Proc("gateway", [procs.sys.executable, "-m", "addons"], env, tmp_path / "gw.log", 0).start()
-    assert proc.popen.wait(15) == 2
-    assert (
-        proc.log().strip().splitlines()[-1].startswith("gateway: configuration error: RATE_LIMIT_REQUESTS:")
-    )
-    proc.stop()
+    last = procs.failed_start(tmp_path, upstream.port, RATE_LIMIT_REQUESTS=limit)
+    assert last.startswith("gateway: configuration error: RATE_LIMIT_REQUESTS:")
 
 
 def test_the_effective_limits_are_logged_at_start(start_gateway):

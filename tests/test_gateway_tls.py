@@ -178,23 +178,10 @@ def test_a_pair_that_does_not_match_stops_start_up(upstream, tmp_path):
     other = tmp_path / "other"
     other.mkdir()
     _, other_key = write_certificate(trustme.CA(), other)
-    env = procs.gateway_env(
-        tmp_path / "data",
-        upstream.port,
-        procs.free_port(),
-        procs.free_port(),
-        TLS_CERT_FILE=cert_file,
-        TLS_KEY_FILE=other_key,
+    assert procs.failed_start(tmp_path, upstream.port, TLS_CERT_FILE=cert_file, TLS_KEY_FILE=other_key) == (
+        "gateway: configuration error: TLS_CERT_FILE, TLS_KEY_FILE: "
+        "the private key does not belong to the first certificate"
     )
-    proc = procs.Proc("gateway", [procs.sys.executable, "-m", "addons"], env, tmp_path / "gw.log", 0).start()
-    try:
-        assert proc.popen.wait(30) == 2
-        assert proc.log().strip().splitlines()[-1] == (
-            "gateway: configuration error: TLS_CERT_FILE, TLS_KEY_FILE: "
-            "the private key does not belong to the first certificate"
-        )
-    finally:
-        proc.stop()
 
 
 def test_hsts_on_every_answer_over_tls_and_never_over_plain_http(start_gateway, tmp_path):
