@@ -1,0 +1,73 @@
+"""Where mitmproxy 12 must behave like a gateway: every patch of its internals, in one package.
+
+1. Upstream connections per client (handlers.py). mitmproxy caps each client connection at 5
+   upstream connections; one HTTP/2 client with 20 concurrent streams then stalls behind 5 of
+   them. The cap is raised (the global token bucket protects the upstream), and each connection
+   handler is registered by its client's id: that is how the other patches reach a flow's layers.
+2. OpenAI-shaped engine errors (rendering.py). Errors mitmproxy makes itself (unreachable
+   upstream, body too large, malformed HTTP) come as an HTML page with `Server: mitmproxy` and
+   raw errno text; they are rendered with our status, JSON and server header on both protocols.
+3. Upstream timeout (timeout.py). mitmproxy has no upstream read timeout: `end_with_timeout`
+   hands a request still waiting for its upstream a 504 through the normal hooks, above TLS, and
+   lets go of the upstream connection.
+
+Pinned to mitmproxy 12.2 (requirements.txt). `install` first checks that every target is there
+and has the shape these patches expect, and stops start-up with `EngineMismatch` naming the patch
+and the mitmproxy version otherwise: a patch that silently does not apply would leave the gateway
+running with HTML errors, a 5-connection cap or no timeout.
+
+Proofs: tests/test_gateway_tls.py (1), tests/test_gateway_errors.py and
+tests/test_gateway_engine_errors.py (2, on HTTP/1.1 and HTTP/2), tests/test_gateway_errors.py and
+tests/test_gateway_upstream_tls.py (3, http and https upstreams), tests/test_engine_install.py
+(the checks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from addons.engine import handlers, rendering, timeout
+from addons.engine._checks import EngineMismatch
+from addons.engine.handlers import MAX_UPSTREAM_CONNECTIONS_PER_CLIENT
+from addons.engine.rendering import SERVER_HEADER
+from addons.engine.timeout import TIMEOUT_MESSAGE, Outcome, end_with_timeout
+
+CONNECTIONS_PATCH = handlers.PATCH
+ERRORS_PATCH = rendering.PATCH
+TIMEOUT_PATCH = timeout.PATCH
+
+# In the order they are checked and applied.
+_PATCHES = (handlers, rendering, timeout)
+_installed = False
+
+__all__ = [
+    "CONNECTIONS_PATCH",
+    "ERRORS_PATCH",
+    "MAX_UPSTREAM_CONNECTIONS_PER_CLIENT",
+    "SERVER_HEADER",
+    "TIMEOUT_MESSAGE",
+    "TIMEOUT_PATCH",
+    "EngineMismatch",
+    "Outcome",
+    "check_targets",
+    "end_with_timeout",
+    "install",
+]
+
+
+def install(render_error: Callable[[int, str], tuple[int, bytes]]) -> None:
+    """Check every target, then patch (once). `render_error(status, message) -> (status, body)`."""
+    global _installed
+    check_targets()
+    rendering.set_renderer(render_error)
+    if _installed:
+        return
+    _installed = True
+    for module in _PATCHES:
+        module.patch()
+
+
+def check_targets() -> None:
+    """Raise EngineMismatch unless every patched or relied-on part of mitmproxy is as expected."""
+    for module in _PATCHES:
+        module.check()
