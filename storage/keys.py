@@ -7,10 +7,12 @@ what the audit log says of each change are decided here, once.
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
+from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime, time
 
-from storage import audit
+from storage import audit, spend
 from storage.models import ApiKey, database, parse_utc, utcnow
 
 KEY_PREFIX = "pmg_"
@@ -18,9 +20,8 @@ PREFIX_LENGTH = 12
 HASHED_PREFIX = "(hashed)"
 SOURCES = ("cli", "admin", "file")
 MAX_NAME_LENGTH = 100
-
-# Lets update() tell "leave as is" from None, which means "clear".
-UNSET = object()
+MAX_MODEL_LENGTH = 256
+MAX_MODELS = 100
 
 
 class KeyNotFound(LookupError):
@@ -100,30 +101,94 @@ def describe(value) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
 
-def create_key(
-    name: str,
-    expires_at: datetime | None = None,
-    rate_limit: int | None = None,
-    source: str = "cli",
-    by: str = "",
-) -> tuple[ApiKey, str]:
+def check_budget(eur: float | None) -> float | None:
+    if eur is None:
+        return None
+    if isinstance(eur, bool) or not isinstance(eur, int | float) or not 0 < eur < 1e9:
+        raise ValueError(f"budget: a number of euros above 0, got {eur!r}")
+    return float(eur)
+
+
+def check_tpm(tpm: int | None) -> int | None:
+    if tpm is None:
+        return None
+    if isinstance(tpm, bool) or not isinstance(tpm, int) or tpm < 1:
+        raise ValueError(f"tpm: tokens per minute, a whole number of at least 1, got {tpm!r}")
+    return tpm
+
+
+def check_models(names: Iterable[str] | None) -> str | None:
+    """A model allow-list as stored: a JSON list of exact names, or None for every model."""
+    if names is None:
+        return None
+    if isinstance(names, str):
+        raise ValueError("models: a list of model names, not one string")
+    kept: list[str] = []
+    for name in names:
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"models: names must be non-empty strings, got {name!r}")
+        name = name.strip()
+        if len(name) > MAX_MODEL_LENGTH or not name.isprintable() or any(c.isspace() for c in name):
+            raise ValueError(f"models: {name[:40]!r} is not a model name")
+        if name not in kept:
+            kept.append(name)
+    if len(kept) > MAX_MODELS:
+        raise ValueError(f"models: at most {MAX_MODELS} names")
+    return json.dumps(kept) if kept else None
+
+
+def allowed_models(key: ApiKey) -> tuple[str, ...]:
+    """The models a key may use; empty: all of them."""
+    return tuple(json.loads(key.models)) if key.models else ()
+
+
+def _budget_period(period: str | None) -> str | None:
+    return None if period is None else spend.check_period(period)
+
+
+# Each field an operator sets on a key, with its rule.
+FIELD_RULES: dict[str, Callable] = {
+    "name": check_name,
+    "expires_at": lambda value: check_time("expires_at", value),
+    "rate_limit": check_rate_limit,
+    "budget_eur": check_budget,
+    "budget_period": _budget_period,
+    "models": check_models,
+    "tpm": check_tpm,
+}
+
+
+def _checked(changes: dict, key: ApiKey | None = None) -> dict:
+    unknown = set(changes) - set(FIELD_RULES)
+    if unknown:
+        raise TypeError(f"no such key setting: {', '.join(sorted(unknown))}")
+    values = {field: FIELD_RULES[field](value) for field, value in changes.items()}
+    budget = values.get("budget_eur", key.budget_eur if key else None)
+    period = values.get("budget_period", key.budget_period if key else None)
+    if budget is not None and period is None:
+        values["budget_period"] = "month"  # a budget without a period is a monthly one
+    return values
+
+
+def create_key(name: str, source: str = "cli", by: str = "", **settings) -> tuple[ApiKey, str]:
     """Store a new key and audit it (`by`: who asked, e.g. an address or "cli"); return the key
-    with its plaintext, which is not kept anywhere."""
+    with its plaintext, which is not kept anywhere. `settings`: any of FIELD_RULES but name."""
     if source not in SOURCES:
         raise ValueError(f"source: must be one of {', '.join(SOURCES)}, got {source!r}")
+    values = _checked({"name": name, **settings})
     plaintext = generate_key()
     with database.atomic():
         key = ApiKey.create(
             key_id=new_key_id(),
-            name=check_name(name),
             prefix=plaintext[:PREFIX_LENGTH],
             key_hash=hash_key(plaintext),
             created_at=utcnow(),
-            expires_at=check_time("expires_at", expires_at),
-            rate_limit=check_rate_limit(rate_limit),
             source=source,
+            **values,
         )
-        audit.record("key.created", f"key_id={key.key_id} name={key.name!r}", by or source)
+        shown = " ".join(f"{f}={describe(v)}" for f, v in values.items() if f != "name" and v is not None)
+        detail = f"key_id={key.key_id} name={key.name!r}" + (f" {shown}" if shown else "")
+        audit.record("key.created", detail, by or source)
     return key, plaintext
 
 
@@ -172,17 +237,11 @@ def rotate(key_id: str, by: str = "") -> str:
     return plaintext
 
 
-def update(key_id: str, *, by: str = "", rate_limit=UNSET, expires_at=UNSET, name=UNSET) -> ApiKey:
-    """Change some of a key's settings; None clears rate_limit or expires_at. Only values that
+def update(key_id: str, *, by: str = "", **changes) -> ApiKey:
+    """Change some of a key's settings (any of FIELD_RULES); None clears one. Only values that
     differ from the stored ones are written and audited."""
-    wanted = {}
-    if name is not UNSET:
-        wanted["name"] = check_name(name)
-    if rate_limit is not UNSET:
-        wanted["rate_limit"] = check_rate_limit(rate_limit)
-    if expires_at is not UNSET:
-        wanted["expires_at"] = check_time("expires_at", expires_at)
     key = get_key(key_id)
+    wanted = _checked(changes, key)
     values = {field: value for field, value in wanted.items() if getattr(key, field) != value}
     if not values:
         return key

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from peewee import BigIntegerField, Database, TextField
+from peewee import BigIntegerField, Database, FloatField, IntegerField, TextField
 from playhouse.migrate import SqliteMigrator, migrate
 
 
@@ -40,6 +40,18 @@ def _v3_usage_uid(database: Database) -> None:
     )
 
 
+def _v4_spend_control(database: Database) -> None:
+    # Budgets, model allow-lists and token limits per key: all empty, so every key keeps the
+    # meaning it had (no budget, every model, no token limit).
+    migrator = SqliteMigrator(database)
+    migrate(
+        migrator.add_column("api_key", "budget_eur", FloatField(null=True)),
+        migrator.add_column("api_key", "budget_period", TextField(null=True)),
+        migrator.add_column("api_key", "models", TextField(null=True)),
+        migrator.add_column("api_key", "tpm", IntegerField(null=True)),
+    )
+
+
 # (version reached, what it changes, the step). Append only; never edit a released step.
 MIGRATIONS: tuple[tuple[int, str, Callable[[Database], None]], ...] = (
     (
@@ -48,6 +60,7 @@ MIGRATIONS: tuple[tuple[int, str, Callable[[Database], None]], ...] = (
         _v2_file_entries_and_key_limit_names,
     ),
     (3, "usage.uid, unique: journal replays are idempotent", _v3_usage_uid),
+    (4, "api_key.budget_eur, budget_period, models, tpm", _v4_spend_control),
 )
 LATEST = MIGRATIONS[-1][0] if MIGRATIONS else 1
 

@@ -82,6 +82,12 @@ class ApiKey(BaseModel):
     # For source "file": the key's entry as API_KEYS_FILE last gave it (JSON, hashes only, never
     # a plaintext key); None once the entry left the file. See storage/keys_file.py.
     file_entry = TextField(null=True)
+    # Spend control (storage/keys.py has the rules): euros per calendar period, the models the key
+    # may use (a JSON list; none: all), and tokens per minute. None: no such limit.
+    budget_eur = FloatField(null=True)
+    budget_period = TextField(null=True)
+    models = TextField(null=True)
+    tpm = IntegerField(null=True)
 
 
 class Setting(BaseModel):

@@ -58,7 +58,9 @@ def test_create_prints_the_key_once_with_a_warning(run, db_path):
     assert key.key_hash == keys.hash_key(plaintext)
     assert (key.name, key.rate_limit, key.source) == ("n8n production", 30, "cli")
     (entry,) = audit.recent()
-    assert (entry.action, entry.detail) == ("key.created", f"key_id={key.key_id} name='n8n production'")
+    assert (entry.action, entry.detail) == (
+        "key.created", f"key_id={key.key_id} name='n8n production' rate_limit=30"
+    )
     assert plaintext.encode() not in stored_bytes(db_path)
 
 

@@ -162,3 +162,37 @@ def test_an_expiry_date_is_valid_through_that_day():
             keys.parse_expiry(past, now)
     with pytest.raises(ValueError, match="not a date"):
         keys.parse_expiry("31.12.2026", now)
+
+
+def test_spend_control_settings_follow_their_rules(db_path):
+    models = ["gpt-oss-120b", " gemma-3-27b ", "gpt-oss-120b"]
+    key, _ = keys.create_key("n8n", budget_eur=5, models=models, tpm=1000)
+    # A budget is monthly unless it says otherwise.
+    assert (key.budget_eur, key.budget_period, key.tpm) == (5.0, "month", 1000)
+    assert keys.allowed_models(keys.get_key(key.key_id)) == ("gpt-oss-120b", "gemma-3-27b")
+    updated = keys.update(key.key_id, budget_period="week", models=[], tpm=None, by="cli")
+    assert (updated.budget_period, keys.allowed_models(updated), updated.tpm) == ("week", (), None)
+    assert audit.recent(1)[0].detail == f"key_id={key.key_id} budget_period='week' models=none tpm=none"
+    cleared = keys.update(key.key_id, budget_eur=None)
+    assert cleared.budget_eur is None
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"budget_eur": 0}, "budget"),
+        ({"budget_eur": -1.5}, "budget"),
+        ({"budget_eur": True}, "budget"),
+        ({"budget_eur": 5, "budget_period": "year"}, "budget period"),
+        ({"models": "gpt-oss-120b"}, "models: a list"),
+        ({"models": ["gpt oss"]}, "not a model name"),
+        ({"models": ["x" * 257]}, "not a model name"),
+        ({"models": ["a\x1b[31m"]}, "not a model name"),
+        ({"tpm": 0}, "tpm"),
+        ({"colour": "red"}, "no such key setting"),
+    ],
+)
+def test_spend_control_refuses_bad_values(db_path, settings, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        keys.create_key("k", **settings)
+    assert keys.list_keys() == []

@@ -53,6 +53,9 @@ def test_keys_usage_and_audit_keep_their_meaning(old_db):
         None,
     )
     assert legacy.key_hash == keys.hash_key("pm_legacy-secret-0123456789")
+    # Spend control came later: no budget, every model, no token limit, as before.
+    for key in by_name.values():
+        assert (key.budget_eur, key.budget_period, key.models, key.tpm) == (None, None, None, None)
     assert Usage.select().count() == 3
     assert DailyUsage.get().day == date(2026, 11, 20) and DailyUsage.get().requests == 3
     assert AuditLog.select().count() == 1
