@@ -52,3 +52,15 @@ def test_spend_counts_from_the_period_start(db_path):
     assert spend.spend_by_key(spend.period_at("month", now)) == {"a": 0.75, "b": 0.125}
     assert spend.total_spend(spend.period_at("week", now)) == pytest.approx(0.875)
     assert spend.period_at("day", now).first_day == date(2026, 11, 25)
+
+
+def test_global_settings_round_trip_and_clear(db_path):
+    assert spend.load_global() == spend.GlobalSpend()
+    spend.save_global(spend.GlobalSpend(budget_eur=250.0, budget_period="week", tpm=100_000))
+    assert spend.load_global() == spend.GlobalSpend(250.0, "week", 100_000)
+    spend.save_global(spend.GlobalSpend(budget_eur=None, budget_period="month", tpm=None))
+    assert spend.load_global() == spend.GlobalSpend()
+    with pytest.raises(ValueError, match="global budget"):
+        spend.save_global(spend.GlobalSpend(budget_eur=-1))
+    with pytest.raises(ValueError, match="budget period"):
+        spend.save_global(spend.GlobalSpend(budget_period="year"))
