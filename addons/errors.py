@@ -53,6 +53,12 @@ def engine_error(status: int, message: str, *, admin_address: str | None = None)
         return 413, error_body("Request body too large.", "invalid_request_error", "request_too_large")
     if status == 400:
         return 400, error_body("Malformed HTTP request.", "invalid_request_error", "bad_request")
+    if status == 431:
+        return 431, error_body(
+            "Request head too large (at most 64 KB of request line and headers).",
+            "invalid_request_error",
+            "request_headers_too_large",
+        )
     if admin_address and admin_address in message:
         return 503, error_body("The admin panel is not running.", "server_error", "admin_unavailable")
     if "timed out" in message.lower():

@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import h2.frame_buffer
 import httpx
 import pytest
 from mitmproxy import version
@@ -23,6 +24,14 @@ def render(status: int, message: str) -> tuple[int, bytes]:
 
 def _init_without_cap(self, context) -> None:
     self.client = context.client
+
+
+def _blocks_elsewhere(self, server: bool = False) -> None:
+    self.pending_headers = []
+
+
+async def _read_with_more(self, connection, reader) -> None:
+    pass
 
 
 CHANGES = {
@@ -53,6 +62,18 @@ CHANGES = {
     "HttpStream's state for waiting on the response renamed": (
         engine.TIMEOUT_PATCH,
         lambda mp: mp.delattr(HttpStream, "state_wait_for_response_headers"),
+    ),
+    "the HTTP/1 wait state takes other arguments": (
+        engine.HEADS_PATCH,
+        lambda mp: mp.setattr(_http1.Http1Connection, "wait", lambda self, event, more: None),
+    ),
+    "h2 holds an unended header block elsewhere": (
+        engine.HEADS_PATCH,
+        lambda mp: mp.setattr(h2.frame_buffer.FrameBuffer, "__init__", _blocks_elsewhere),
+    ),
+    "the connection reading task takes other arguments": (
+        engine.CLOSING_PATCH,
+        lambda mp: mp.setattr(server.ConnectionHandler, "handle_connection", _read_with_more),
     ),
 }
 

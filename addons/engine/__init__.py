@@ -10,6 +10,11 @@
 3. Upstream timeout (timeout.py). mitmproxy has no upstream read timeout: `end_with_timeout`
    hands a request still waiting for its upstream a 504 through the normal hooks, above TLS, and
    lets go of the upstream connection.
+4. Request head size (heads.py). mitmproxy reads an HTTP/1 head however long it is, and h2 holds
+   an unended HTTP/2 header block of up to 8 MB: past 64 KB, the client gets a 431 (HTTP/1) or
+   the connection ends (HTTP/2), while the head arrives.
+5. Closing connections (closing.py). A connection told to close while its reading task waits for
+   the handler's lock stayed open and its file descriptor was lost: it is closed and forgotten.
 
 Pinned to mitmproxy 12.2 (requirements.txt). `install` first checks that every target is there
 and has the shape these patches expect, and stops start-up with `EngineMismatch` naming the patch
@@ -19,14 +24,14 @@ running with HTML errors, a 5-connection cap or no timeout.
 Proofs: tests/test_gateway_tls.py (1), tests/test_gateway_errors.py and
 tests/test_gateway_engine_errors.py (2, on HTTP/1.1 and HTTP/2), tests/test_gateway_errors.py and
 tests/test_gateway_upstream_tls.py (3, http and https upstreams), tests/test_engine_install.py
-(the checks).
+(the checks), tests/test_gateway_memory.py (4, 5).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from addons.engine import handlers, rendering, timeout
+from addons.engine import closing, handlers, heads, rendering, timeout
 from addons.engine._checks import EngineMismatch
 from addons.engine.handlers import MAX_UPSTREAM_CONNECTIONS_PER_CLIENT
 from addons.engine.rendering import SERVER_HEADER
@@ -35,14 +40,18 @@ from addons.engine.timeout import TIMEOUT_MESSAGE, Outcome, end_with_timeout
 CONNECTIONS_PATCH = handlers.PATCH
 ERRORS_PATCH = rendering.PATCH
 TIMEOUT_PATCH = timeout.PATCH
+HEADS_PATCH = heads.PATCH
+CLOSING_PATCH = closing.PATCH
 
 # In the order they are checked and applied.
-_PATCHES = (handlers, rendering, timeout)
+_PATCHES = (handlers, rendering, timeout, heads, closing)
 _installed = False
 
 __all__ = [
+    "CLOSING_PATCH",
     "CONNECTIONS_PATCH",
     "ERRORS_PATCH",
+    "HEADS_PATCH",
     "MAX_UPSTREAM_CONNECTIONS_PER_CLIENT",
     "SERVER_HEADER",
     "TIMEOUT_MESSAGE",

@@ -1,0 +1,176 @@
+"""Memory a client can make the gateway hold: request heads, bodies before a refusal, all bodies at once.
+
+Every attack here is bounded (a few MB, a few connections, loopback) and every wait has a limit:
+before the bounds, the gateway waited for the rest of an endless head or body instead of
+answering, which is what these tests see fail.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+
+import h2.config
+import h2.connection
+import h2.events
+import httpx
+import pytest
+import trustme
+from hyperframe.frame import ContinuationFrame, HeadersFrame
+
+from addons.engine import SERVER_HEADER
+
+WAIT = 10  # seconds any answer may take here; they come within milliseconds
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def certificate(ca, tmp_path_factory) -> dict[str, str]:
+    folder = tmp_path_factory.mktemp("certs")
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    cert_file, key_file = folder / "fullchain.pem", folder / "privkey.pem"
+    cert_file.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
+    key_file.write_bytes(cert.private_key_pem.bytes())
+    return {"TLS_CERT_FILE": str(cert_file), "TLS_KEY_FILE": str(key_file)}
+
+
+@pytest.fixture(scope="module")
+def tls_gateway(start_gateway, certificate):
+    return start_gateway(**certificate, MAX_BODY_MB="2", RATE_LIMIT_REQUESTS="100000")
+
+
+def read_answer(s: socket.socket) -> tuple[bytes, bytes]:
+    """The head and body of one HTTP/1.1 answer (its Content-Length), or all until the close."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    fields = dict(line.lower().partition(b":")[::2] for line in head.split(b"\r\n")[1:])
+    length = int(fields[b"content-length"]) if b"content-length" in fields else None
+    while length is not None and len(body) < length and (chunk := s.recv(65536)):
+        body += chunk
+    return head, body
+
+
+def assert_json_error(head: bytes, body: bytes, status: int, code: str) -> None:
+    assert head.startswith(b"HTTP/1.1 %d " % status), head
+    assert b"content-type: application/json" in head.lower()
+    assert httpx.Response(200, content=body).json()["error"]["code"] == code
+
+
+def closed_by_peer(s: socket.socket) -> bool:
+    """True once the gateway has closed the connection (reads end), within WAIT seconds."""
+    s.settimeout(WAIT)
+    try:
+        while s.recv(65536):
+            pass
+    except ConnectionResetError:
+        pass
+    return True
+
+
+# -- request heads ----------------------------------------------------------------------------
+
+
+def test_a_request_head_over_64_kb_is_refused_while_it_arrives(gateway):
+    with socket.create_connection(("127.0.0.1", gateway.proc.port), timeout=WAIT) as s:
+        s.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        try:
+            for _ in range(64):  # up to 4 MB, never ended: the answer must not wait for the end
+                s.sendall(b"a" * 65536)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused and closed while we were still sending
+        head, body = read_answer(s)
+    assert_json_error(head, body, 431, "request_headers_too_large")
+    assert SERVER_HEADER.encode() in head
+    assert httpx.get(f"{gateway.url}/health").status_code == 200, "the gateway keeps serving"
+
+
+def test_a_head_under_64_kb_is_read(gateway):
+    with socket.create_connection(("127.0.0.1", gateway.proc.port), timeout=WAIT) as s:
+        s.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Big: %s\r\n\r\n" % (b"a" * 60_000))
+        head, body = read_answer(s)
+    assert_json_error(head, body, 401, "invalid_api_key")
+
+
+def test_data_piled_up_behind_a_running_request_is_bounded(gateway, api_key):
+    """A keep-alive client may send its next request early, not megabytes of it."""
+    with socket.create_connection(("127.0.0.1", gateway.proc.port), timeout=WAIT) as s:
+        s.sendall(
+            b"POST /v1/chat/completions?fake-scenario=slow&fake-delay-s=30 HTTP/1.1\r\nHost: x\r\n"
+            b"Authorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+            % api_key[1].encode()
+        )
+        try:
+            for _ in range(64):
+                s.sendall(b"a" * 65536)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        assert closed_by_peer(s)
+
+
+def tls_socket(port: int, ca: trustme.CA, alpn: str) -> ssl.SSLSocket:
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    context.set_alpn_protocols([alpn])
+    raw = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+    s = context.wrap_socket(raw, server_hostname="localhost")
+    assert s.selected_alpn_protocol() == alpn
+    return s
+
+
+def h2_connection() -> h2.connection.H2Connection:
+    return h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=True, header_encoding="utf-8", validate_outbound_headers=False)
+    )
+
+
+def test_an_http2_header_block_over_64_kb_closes_the_connection(tls_gateway, ca):
+    """HEADERS and CONTINUATION frames that never end the block: held by h2 until it ends."""
+    conn = h2_connection()
+    with tls_socket(tls_gateway.proc.port, ca, "h2") as s:
+        conn.initiate_connection()
+        s.sendall(conn.data_to_send())
+        first = HeadersFrame(1, flags=["END_STREAM"])
+        first.data = b"\0" * 16384
+        frames = [first] + [ContinuationFrame(1, data=b"\0" * 16384) for _ in range(50)]  # 800 KB
+        try:
+            for frame in frames:
+                s.sendall(frame.serialize())
+        except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
+            pass
+        terminated = False
+        s.settimeout(WAIT)
+        try:
+            while data := s.recv(65536):
+                for event in conn.receive_data(data):
+                    terminated = terminated or isinstance(event, h2.events.ConnectionTerminated)
+        except (ConnectionResetError, ssl.SSLError):
+            terminated = True
+    assert terminated
+
+
+def test_a_long_head_over_http2_is_still_fine_under_64_kb(tls_gateway, ca):
+    with httpx.Client(http2=True, verify=_context(ca), timeout=WAIT) as c:
+        r = c.get(f"https://localhost:{tls_gateway.proc.port}/v1/models", headers={"x-big": "a" * 50_000})
+    assert (r.http_version, r.status_code) == ("HTTP/2", 401)
+
+
+class PreferHttp2(ssl.SSLContext):
+    """httpx offers ALPN as [http/1.1, h2] and mitmproxy honours the client's order: ask for h2 first."""
+
+    def set_alpn_protocols(self, protocols):
+        super().set_alpn_protocols(["h2", "http/1.1"])
+
+
+def _context(ca: trustme.CA) -> ssl.SSLContext:
+    context = PreferHttp2(ssl.PROTOCOL_TLS_CLIENT)
+    ca.configure_trust(context)
+    return context
