@@ -71,6 +71,10 @@ CHANGES = {
         engine.HEADS_PATCH,
         lambda mp: mp.setattr(h2.frame_buffer.FrameBuffer, "__init__", _blocks_elsewhere),
     ),
+    "HttpStream sends its response with other arguments": (
+        engine.EARLY_PATCH,
+        lambda mp: mp.setattr(HttpStream, "send_response", lambda self: None),
+    ),
     "the connection reading task takes other arguments": (
         engine.CLOSING_PATCH,
         lambda mp: mp.setattr(server.ConnectionHandler, "handle_connection", _read_with_more),

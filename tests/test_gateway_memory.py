@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import subprocess
 
 import h2.config
 import h2.connection
@@ -174,3 +175,77 @@ def _context(ca: trustme.CA) -> ssl.SSLContext:
     context = PreferHttp2(ssl.PROTOCOL_TLS_CLIENT)
     ca.configure_trust(context)
     return context
+
+
+# -- refusals come before the body ----------------------------------------------------------
+
+DECLARED = 1_500_000  # under the fixtures' MAX_BODY_MB (2), so only the refusal can answer early
+
+
+def post_head(path: str, headers: bytes = b"", length: int = DECLARED) -> bytes:
+    return (
+        b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n%sContent-Length: %d\r\n\r\n"
+        % (path.encode(), headers, length)
+    )
+
+
+@pytest.mark.parametrize("expect", [b"", b"Expect: 100-continue\r\n"], ids=["plain", "expect-100-continue"])
+def test_no_key_is_answered_before_the_body(gateway, expect):
+    with socket.create_connection(("127.0.0.1", gateway.proc.port), timeout=WAIT) as s:
+        s.sendall(post_head("/v1/chat/completions", expect))  # and not a byte of the body
+        head, body = read_answer(s)
+    # Not "100 Continue" first: there is nothing to continue.
+    assert_json_error(head, body, 401, "invalid_api_key")
+    assert b"connection: close" in head.lower()
+
+
+def test_clients_that_send_the_whole_body_see_the_refusal(gateway):
+    r = httpx.post(f"{gateway.url}/v1/chat/completions", content=b"a" * DECLARED, timeout=WAIT)
+    assert (r.status_code, r.json()["error"]["code"]) == (401, "invalid_api_key")
+    r = httpx.post(f"{gateway.url}/v2/unknown", content=b"a" * DECLARED, headers=bearer("x"), timeout=WAIT)
+    assert r.status_code == 404
+
+
+def test_curl_sees_the_refusal(gateway, tmp_path):
+    body = tmp_path / "body.json"
+    body.write_bytes(b"a" * DECLARED)
+    result = subprocess.run(
+        ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", str(WAIT),
+         "--data-binary", f"@{body}", f"{gateway.url}/v1/chat/completions"],
+        capture_output=True, text=True, timeout=WAIT + 5,
+    )
+    assert result.stdout == "401", result.stderr
+
+
+def test_a_rate_limited_key_is_refused_before_its_body_and_metered(gateway):
+    key_id, plaintext = gateway.new_key(rate_limit=1)  # its one request was the check that it works
+    with socket.create_connection(("127.0.0.1", gateway.proc.port), timeout=WAIT) as s:
+        s.sendall(post_head("/v1/chat/completions", b"Authorization: Bearer %s\r\n" % plaintext.encode()))
+        head, body = read_answer(s)
+    assert_json_error(head, body, 429, "rate_limit_exceeded")
+    assert b"retry-after:" in head.lower()
+    [row] = gateway.usage_rows(key_id)
+    assert (row.status, row.request_bytes) == (429, 0)
+
+
+def test_http2_refusal_before_the_body(tls_gateway, ca):
+    conn = h2_connection()
+    with tls_socket(tls_gateway.proc.port, ca, "h2") as s:
+        conn.initiate_connection()
+        conn.send_headers(
+            1,
+            [(":method", "POST"), (":scheme", "https"), (":path", "/v1/chat/completions"),
+             (":authority", "localhost"), ("content-length", str(DECLARED))],
+        )  # the stream stays open: its body is never sent
+        s.sendall(conn.data_to_send())
+        status = None
+        while status is None and (data := s.recv(65536)):
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    status = dict(event.headers)[":status"]
+            s.sendall(conn.data_to_send())
+    assert status == "401"
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}

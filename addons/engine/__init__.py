@@ -15,6 +15,9 @@
    the connection ends (HTTP/2), while the head arrives.
 5. Closing connections (closing.py). A connection told to close while its reading task waits for
    the handler's lock stayed open and its file descriptor was lost: it is closed and forgotten.
+6. Answers before the body (early.py). A request the `requestheaders` hook refused (401, 429...)
+   was answered only after its whole body had been read into memory: it is answered at once, the
+   `response` hook still runs (the refusal is metered), and the rest of the body is dropped.
 
 Pinned to mitmproxy 12.2 (requirements.txt). `install` first checks that every target is there
 and has the shape these patches expect, and stops start-up with `EngineMismatch` naming the patch
@@ -24,14 +27,14 @@ running with HTML errors, a 5-connection cap or no timeout.
 Proofs: tests/test_gateway_tls.py (1), tests/test_gateway_errors.py and
 tests/test_gateway_engine_errors.py (2, on HTTP/1.1 and HTTP/2), tests/test_gateway_errors.py and
 tests/test_gateway_upstream_tls.py (3, http and https upstreams), tests/test_engine_install.py
-(the checks), tests/test_gateway_memory.py (4, 5).
+(the checks), tests/test_gateway_memory.py (4, 5, 6).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from addons.engine import closing, handlers, heads, rendering, timeout
+from addons.engine import closing, early, handlers, heads, rendering, timeout
 from addons.engine._checks import EngineMismatch
 from addons.engine.handlers import MAX_UPSTREAM_CONNECTIONS_PER_CLIENT
 from addons.engine.rendering import SERVER_HEADER
@@ -42,14 +45,16 @@ ERRORS_PATCH = rendering.PATCH
 TIMEOUT_PATCH = timeout.PATCH
 HEADS_PATCH = heads.PATCH
 CLOSING_PATCH = closing.PATCH
+EARLY_PATCH = early.PATCH
 
 # In the order they are checked and applied.
-_PATCHES = (handlers, rendering, timeout, heads, closing)
+_PATCHES = (handlers, rendering, timeout, heads, closing, early)
 _installed = False
 
 __all__ = [
     "CLOSING_PATCH",
     "CONNECTIONS_PATCH",
+    "EARLY_PATCH",
     "ERRORS_PATCH",
     "HEADS_PATCH",
     "MAX_UPSTREAM_CONNECTIONS_PER_CLIENT",
