@@ -23,6 +23,7 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from addons import engine, errors, routes  # noqa: E402
+from addons.bodies import RETRY_AFTER_SECONDS, BodyBudget, StreamedUpload, held_size  # noqa: E402
 from addons.health import Health, upstream_tls_context  # noqa: E402
 from addons.limits import Limiter, Verdict  # noqa: E402
 from addons.live import KeyEntry, LiveData, Snapshot  # noqa: E402
@@ -53,6 +54,7 @@ class Gateway:
         self.writer: UsageWriter | None = None
         self.health: Health | None = None
         self.timeouts: UpstreamTimeouts | None = None
+        self.bodies: BodyBudget | None = None
         self.upstream_host = ""
         self.tls: CertificateBundle | None = None
         self._first_bundle: Path | None = None
@@ -73,6 +75,7 @@ class Gateway:
         log.info("rate limits in force: %s", load_limits(defaults).describe())
         self.writer = UsageWriter(lambda: self.live.snapshot.prices)
         self.timeouts = UpstreamTimeouts(s.upstream_timeout)
+        self.bodies = BodyBudget(s.body_memory_mb * 1024 * 1024)
         self.upstream_host = "{}:{}".format(*s.upstream_address)
         self.health = Health(s.upstream_address, upstream_tls_context(s) if s.upstream_tls else None)
         # mitmproxy's connect errors name the address as a Python tuple: that is how an
@@ -183,6 +186,11 @@ class Gateway:
         if info is None:
             return
         self.timeouts.forget(flow)
+        if self.bodies.held and flow in self.bodies:
+            # The body has gone upstream: its room, and the gateway's copy, are let go now
+            # rather than when the answer ends, which for a stream may be minutes away.
+            self.bodies.release(flow)
+            flow.request.data.content = None
         response = flow.response
         if info.route.kind is routes.Kind.ADMIN:
             response.stream = True
@@ -217,6 +225,7 @@ class Gateway:
         if info is None or info.finished:
             return
         self.timeouts.forget(flow)
+        self.bodies.release(flow)
         status = flow.response.status_code if flow.response else 502
         usage = info.tap.usage if info.tap else None
         model = (info.tap.model if info.tap else None) or info.model
@@ -286,6 +295,25 @@ class Gateway:
                 413, f"Request body exceeds {s.max_body_mb} MB.", "invalid_request_error", "request_too_large"
             )
             return
+        streamed = info.route.stream_upload  # uploads pass through
+        held = 0 if streamed else held_size(request, s.max_body_bytes)
+        encoded = request.headers.get("content-encoding", "identity") != "identity"
+        if held and info.route.json_body and encoded:
+            # Decompressing it to read it would be unbounded: 30 MB of gzip can inflate to 30 GB.
+            flow.response = errors.error_response(
+                415, "Compressed request bodies are not supported here: send it without Content-Encoding.",
+                "invalid_request_error", "unsupported_content_encoding",
+            )
+            return
+        if held and not self.bodies.fits(held):
+            flow.response = errors.error_response(
+                503, f"The gateway is holding all the request bodies it can (BODY_MEMORY_MB); retry in "
+                f"{RETRY_AFTER_SECONDS} s.", "server_error", "server_overloaded",
+                {"retry-after": str(RETRY_AFTER_SECONDS)},
+            )
+            return
+        if held:
+            self.bodies.take(flow, held)
         info.verdict = verdict
         info.admitted = True
         request.headers.fields = tuple(field for field in request.headers.fields if _forwarded(field[0]))
@@ -293,10 +321,10 @@ class Gateway:
         # HTTP/2's :authority): the upstream sees our address, never one a client chose.
         request.authority = ""
         request.host_header = self.upstream_host  # the client's Host was kept for the admin's sake
-        if info.route.stream_upload and declared.isdigit():
-            # Streamed only with a declared size, checked above: mitmproxy does not count the
-            # bytes of a streamed body, so a chunked upload is held (up to MAX_BODY_MB) instead.
-            request.stream = info.count_upload
+        if streamed:
+            # Never held, whatever its size: counted as it passes, and cut at MAX_BODY_MB when its
+            # size was not declared (one declared larger got its 413 above).
+            request.stream = StreamedUpload(info, s.max_body_bytes)
             self.timeouts.watch(flow)
 
     def _client_ip(self, flow: http.HTTPFlow) -> str:
@@ -358,6 +386,7 @@ class Gateway:
         if info.route.kind is routes.Kind.ADMIN:
             return
         request = flow.request
+        self.bodies.settle(flow, len(request.raw_content or b""))  # arrived: its size, not the largest
         if info.route.stream_upload:
             info.count_upload(request.raw_content or b"")  # a chunked upload, held: its size and model
         else:

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+DEFAULT_MAX_BODY_MB = 30  # MAX_BODY_MB; BODY_MEMORY_MB must make room for one such body
+
 # Beside the code, not in the current folder: the gateway, the admin and the CLI find the same
 # database wherever they are started from (in the container: /app/data).
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1] / "data"
@@ -44,6 +46,12 @@ class Settings:
     upstream_timeout: float
     shutdown_timeout: float
     privatemode_log_file: Path
+    # What one client, or all of them together, may make the gateway hold (docs/security.md).
+    body_memory_mb: int = 256  # request bodies held to be read (JSON), all requests together
+    client_idle_timeout: float = 60.0  # a client connection between requests
+    header_timeout: float = 30.0  # for a request head, from the connection's start or its first byte
+    max_connections_per_client: int = 64  # per client address; not applied with TRUST_PROXY
+    upstream_idle_timeout: float = 120.0  # between two pieces of an upstream answer's body
 
     @property
     def tls_enabled(self) -> bool:
@@ -142,6 +150,23 @@ def _tls_files(env: Mapping[str, str]) -> tuple[Path | None, Path | None]:
     return Path(cert), Path(key)
 
 
+def _resource_limits(env: Mapping[str, str]) -> dict:
+    max_body_mb = _number(env, "MAX_BODY_MB", DEFAULT_MAX_BODY_MB)
+    body_memory_mb = _number(env, "BODY_MEMORY_MB", max(256, max_body_mb))
+    if body_memory_mb < max_body_mb:
+        raise ConfigError(
+            f"BODY_MEMORY_MB: {body_memory_mb} is less than MAX_BODY_MB ({max_body_mb}): "
+            "a body of the largest size allowed would never fit"
+        )
+    return {
+        "body_memory_mb": body_memory_mb,
+        "client_idle_timeout": _number(env, "CLIENT_IDLE_TIMEOUT", 60.0, kind=float, minimum=0.1),
+        "header_timeout": _number(env, "HEADER_TIMEOUT", 30.0, kind=float, minimum=0.1),
+        "max_connections_per_client": _number(env, "MAX_CONNECTIONS_PER_CLIENT", 64),
+        "upstream_idle_timeout": _number(env, "UPSTREAM_IDLE_TIMEOUT", 120.0, kind=float, minimum=0.1),
+    }
+
+
 def load(env: Mapping[str, str] | None = None) -> Settings:
     """Build the settings from `env` (default: os.environ); raise ConfigError on a bad value."""
     env = os.environ if env is None else env
@@ -177,11 +202,12 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         admin_port=_port(env, "ADMIN_PORT", 8082),
         data_dir=data_dir,
         database_url=database_url,
-        max_body_mb=_number(env, "MAX_BODY_MB", 30),
+        max_body_mb=_number(env, "MAX_BODY_MB", DEFAULT_MAX_BODY_MB),
         upstream_timeout=_number(env, "UPSTREAM_TIMEOUT", 600.0, kind=float, minimum=0.1),
         shutdown_timeout=_number(env, "SHUTDOWN_TIMEOUT", 30.0, kind=float, minimum=0),
         # entrypoint.sh writes privatemode-proxy's output here; the admin reads attestation from it.
         privatemode_log_file=Path(
             env.get("PRIVATEMODE_LOG_FILE", "").strip() or data_dir / "privatemode-proxy.log"
         ),
+        **_resource_limits(env),
     )

@@ -75,6 +75,10 @@ CHANGES = {
         engine.EARLY_PATCH,
         lambda mp: mp.setattr(HttpStream, "send_response", lambda self: None),
     ),
+    "HttpStream no longer streams request bodies through its own state": (
+        engine.UPLOADS_PATCH,
+        lambda mp: mp.delattr(HttpStream, "state_stream_request_body"),
+    ),
     "the connection reading task takes other arguments": (
         engine.CLOSING_PATCH,
         lambda mp: mp.setattr(server.ConnectionHandler, "handle_connection", _read_with_more),

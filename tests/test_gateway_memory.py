@@ -20,6 +20,7 @@ import trustme
 from hyperframe.frame import ContinuationFrame, HeadersFrame
 
 from addons.engine import SERVER_HEADER
+from tests import procs
 
 WAIT = 10  # seconds any answer may take here; they come within milliseconds
 
@@ -249,3 +250,124 @@ def test_http2_refusal_before_the_body(tls_gateway, ca):
 
 def bearer(key: str) -> dict[str, str]:
     return {"authorization": f"Bearer {key}"}
+
+
+# -- the bodies held at once ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tight_gateway(start_gateway):
+    """Room for one full-size body at a time: MAX_BODY_MB and BODY_MEMORY_MB both 1."""
+    return start_gateway(
+        MAX_BODY_MB="1", BODY_MEMORY_MB="1", RATE_LIMIT_REQUESTS="100000", IP_RATE_LIMIT_REQUESTS="100000"
+    )
+
+
+def chat_body(size: int) -> bytes:
+    """A valid chat request of exactly `size` bytes."""
+    head, tail = b'{"model": "gpt-oss-120b", "messages": [{"role": "user", "content": "', b'"}]}'
+    return head + b"a" * (size - len(head) - len(tail)) + tail
+
+
+def held_post(port: int, key: str, body: bytes, sent: int, chunked: bool = False) -> socket.socket:
+    """A connection that has sent a chat request's head and the first `sent` bytes of its body."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+    auth = b"Authorization: Bearer %s\r\n" % key.encode()
+    if chunked:
+        s.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n%s"
+            b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n" % (auth, sent, body[:sent])
+        )
+    else:
+        s.sendall(post_head("/v1/chat/completions", auth, len(body)) + body[:sent])
+    return s
+
+
+def finish(s: socket.socket, body: bytes, sent: int, chunked: bool = False) -> tuple[bytes, bytes]:
+    rest = body[sent:]
+    s.sendall(b"%x\r\n%s\r\n0\r\n\r\n" % (len(rest), rest) if chunked else rest)
+    answer = read_answer(s)
+    s.close()
+    return answer
+
+
+def test_bodies_held_at_once_are_bounded(tight_gateway):
+    _, key = tight_gateway.new_key()
+    body = chat_body(600_000)
+    first = held_post(tight_gateway.proc.port, key, body, 1000)  # 600 KB of the 1 MB taken
+    with held_post(tight_gateway.proc.port, key, body, 0) as second:
+        head, answer = read_answer(second)  # answered before its body: no room for it
+    assert_json_error(head, answer, 503, "server_overloaded")
+    assert b"retry-after: " in head.lower()
+    assert finish(first, body, 1000)[0].startswith(b"HTTP/1.1 200 ")
+    assert finish(held_post(tight_gateway.proc.port, key, body, 0), body, 0)[0].startswith(b"HTTP/1.1 200 ")
+
+
+def test_a_body_of_unknown_size_takes_room_for_the_largest(tight_gateway):
+    _, key = tight_gateway.new_key()
+    body = chat_body(1000)
+    chunked = held_post(tight_gateway.proc.port, key, body, 100, chunked=True)
+    with held_post(tight_gateway.proc.port, key, body, 0) as small:
+        assert_json_error(*read_answer(small), 503, "server_overloaded")
+    assert finish(chunked, body, 100, chunked=True)[0].startswith(b"HTTP/1.1 200 ")
+    assert finish(held_post(tight_gateway.proc.port, key, body, 0), body, 0)[0].startswith(b"HTTP/1.1 200 ")
+
+
+def test_a_body_given_up_on_gives_its_room_back(tight_gateway):
+    _, key = tight_gateway.new_key()
+    body = chat_body(600_000)
+    held_post(tight_gateway.proc.port, key, body, 1000).close()  # the client goes away mid-body
+
+    def room_again() -> bool:
+        head, _ = finish(held_post(tight_gateway.proc.port, key, body, 0), body, 0)
+        return head.startswith(b"HTTP/1.1 200 ")
+
+    procs.wait_until(room_again, timeout=WAIT)
+
+
+def test_a_compressed_json_body_is_refused_before_it_is_read(gateway, api_key):
+    """Decompressing it would be unbounded: 30 MB of gzip can inflate to 30 GB."""
+    auth = b"Authorization: Bearer %s\r\nContent-Encoding: gzip\r\n" % api_key[1].encode()
+    with socket.create_connection(("127.0.0.1", gateway.proc.port), timeout=WAIT) as s:
+        s.sendall(post_head("/v1/chat/completions", auth))
+        assert_json_error(*read_answer(s), 415, "unsupported_content_encoding")
+
+
+# -- uploads are streamed ---------------------------------------------------------------------
+
+
+def test_a_chunked_upload_is_streamed_to_the_upstream(gateway, api_key):
+    key_id, key = api_key
+    form = b'--b\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-large-v3\r\n--b\r\n'
+    with socket.create_connection(("127.0.0.1", gateway.proc.port), timeout=WAIT) as s:
+        s.sendall(
+            b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+            b"Content-Type: multipart/form-data; boundary=b\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"%x\r\n%s\r\n" % (key.encode(), len(form), form)
+        )
+
+        def upstream_reading_it() -> bool:
+            return any(
+                q["path"] == "/v1/audio/transcriptions" and q["body_length"] and not q["body_complete"]
+                for q in gateway.upstream_requests()
+            )
+
+        procs.wait_until(upstream_reading_it, timeout=WAIT)  # while the client has not finished
+        s.sendall(b"4\r\n--\r\n\r\n0\r\n\r\n")
+        head, _ = read_answer(s)
+    assert head.startswith(b"HTTP/1.1 200 ")
+    [row] = gateway.usage_rows(key_id)
+    assert (row.request_bytes, row.model) == (len(form) + 4, "whisper-large-v3")
+
+
+def test_a_streamed_upload_over_the_limit_is_cut(gateway, api_key):
+    httpx.post(f"http://127.0.0.1:{gateway.upstream_port}/_fake/reset")
+
+    def chunks():
+        for _ in range(30):
+            yield b"\0" * 100_000  # 3 MB, over the fixture's MAX_BODY_MB of 2
+
+    r = httpx.post(f"{gateway.url}/v1/audio/transcriptions", headers=bearer(api_key[1]), content=chunks())
+    assert (r.status_code, r.json()["error"]["code"]) == (413, "request_too_large")
+    [upstream_saw] = gateway.upstream_requests()
+    assert upstream_saw["body_length"] <= 2 * 1024 * 1024 and not upstream_saw["body_complete"]

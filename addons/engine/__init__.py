@@ -18,6 +18,9 @@
 6. Answers before the body (early.py). A request the `requestheaders` hook refused (401, 429...)
    was answered only after its whole body had been read into memory: it is answered at once, the
    `response` hook still runs (the refusal is metered), and the rest of the body is dropped.
+7. Streamed bodies over the limit (uploads.py). A `flow.request.stream` callable had no way to
+   end a request: it raises `BodyTooLarge`, and the request ends with a 413 as a held body over
+   mitmproxy's limit does; uploads of unknown size are then streamed instead of held.
 
 Pinned to mitmproxy 12.2 (requirements.txt). `install` first checks that every target is there
 and has the shape these patches expect, and stops start-up with `EngineMismatch` naming the patch
@@ -27,18 +30,19 @@ running with HTML errors, a 5-connection cap or no timeout.
 Proofs: tests/test_gateway_tls.py (1), tests/test_gateway_errors.py and
 tests/test_gateway_engine_errors.py (2, on HTTP/1.1 and HTTP/2), tests/test_gateway_errors.py and
 tests/test_gateway_upstream_tls.py (3, http and https upstreams), tests/test_engine_install.py
-(the checks), tests/test_gateway_memory.py (4, 5, 6).
+(the checks), tests/test_gateway_memory.py (4 to 7).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from addons.engine import closing, early, handlers, heads, rendering, timeout
+from addons.engine import closing, early, handlers, heads, rendering, timeout, uploads
 from addons.engine._checks import EngineMismatch
 from addons.engine.handlers import MAX_UPSTREAM_CONNECTIONS_PER_CLIENT
 from addons.engine.rendering import SERVER_HEADER
 from addons.engine.timeout import TIMEOUT_MESSAGE, Outcome, end_with_timeout
+from addons.engine.uploads import BodyTooLarge
 
 CONNECTIONS_PATCH = handlers.PATCH
 ERRORS_PATCH = rendering.PATCH
@@ -46,9 +50,10 @@ TIMEOUT_PATCH = timeout.PATCH
 HEADS_PATCH = heads.PATCH
 CLOSING_PATCH = closing.PATCH
 EARLY_PATCH = early.PATCH
+UPLOADS_PATCH = uploads.PATCH
 
 # In the order they are checked and applied.
-_PATCHES = (handlers, rendering, timeout, heads, closing, early)
+_PATCHES = (handlers, rendering, timeout, heads, closing, early, uploads)
 _installed = False
 
 __all__ = [
@@ -61,6 +66,8 @@ __all__ = [
     "SERVER_HEADER",
     "TIMEOUT_MESSAGE",
     "TIMEOUT_PATCH",
+    "UPLOADS_PATCH",
+    "BodyTooLarge",
     "EngineMismatch",
     "Outcome",
     "check_targets",
