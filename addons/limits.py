@@ -1,4 +1,5 @@
-"""Token buckets: global, per key and per client IP, with OpenAI's rate-limit headers."""
+"""Token buckets: requests (global, per key, per client IP) and tokens per minute (global, per
+key), with OpenAI's rate-limit headers."""
 
 from __future__ import annotations
 
@@ -53,6 +54,21 @@ class TokenBucket:
     def reset_after(self) -> float:
         return (self.rule.requests - self.tokens) / self.rule.rate
 
+    # A bucket of model tokens (rule: tokens per 60 s) is charged after the fact with what a
+    # response used, which may take it below zero; requests are admitted while it is above zero.
+
+    def admits(self, now: float) -> bool:
+        self._refill(now)
+        return self.tokens > 0
+
+    def charge(self, now: float, amount: int) -> None:
+        self._refill(now)
+        self.tokens -= amount
+
+    def until_positive(self) -> float:
+        """Seconds until a bucket at or below zero is above it again."""
+        return max(0.0, -self.tokens) / self.rule.rate
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -70,6 +86,32 @@ class Verdict:
             headers["retry-after"] = str(max(1, math.ceil(self.bucket.retry_after())))
             headers["retry-after-ms"] = str(max(1, math.ceil(self.bucket.retry_after() * 1000)))
         return headers
+
+
+@dataclass(frozen=True)
+class TokenVerdict:
+    """The token limit that binds a request: the key's or the global one, whichever has less left."""
+
+    allowed: bool
+    scope: str  # "key" or "global"
+    bucket: TokenBucket
+
+    def headers(self) -> dict[str, str]:
+        bucket = self.bucket
+        headers = {
+            "x-ratelimit-limit-tokens": str(bucket.rule.requests),
+            "x-ratelimit-remaining-tokens": str(max(0, math.floor(bucket.tokens))),
+            "x-ratelimit-reset-tokens": format_duration(bucket.reset_after()),
+        }
+        if not self.allowed:
+            wait = bucket.until_positive()
+            headers["retry-after"] = str(max(1, math.ceil(wait)))
+            headers["retry-after-ms"] = str(max(1, math.ceil(wait * 1000)))
+        return headers
+
+
+def tokens_per_minute(tpm: int | None) -> Rule | None:
+    return Rule(tpm, 60.0) if tpm else None
 
 
 def format_duration(seconds: float) -> str:
@@ -163,3 +205,41 @@ class Limiter:
         if global_bucket.tokens < key_tokens:
             return Verdict(True, "global", global_bucket)
         return Verdict(True, "key", key_bucket)
+
+
+class TokenLimiter:
+    """Tokens per minute, per key and in total: charged with each response's total tokens when
+    it ends, checked when the next request comes. Event loop only, like Limiter."""
+
+    def __init__(self) -> None:
+        self.key = Buckets()
+        self._global: tuple[Rule, TokenBucket] | None = None
+
+    def _global_bucket(self, rule: Rule, now: float) -> TokenBucket:
+        if self._global is None or self._global[0] != rule:
+            self._global = (rule, TokenBucket(rule, now))  # a limit changed live starts full
+        return self._global[1]
+
+    def check(self, key_id: str, key_rule: Rule | None, global_rule: Rule | None) -> TokenVerdict | None:
+        """The binding token limit (None: no token limit applies); not allowed if either bucket
+        is at or below zero. Checking takes nothing: the response's tokens are charged later."""
+        now = time.monotonic()
+        verdict = None
+        if key_rule is not None:
+            bucket = self.key.get(key_id, key_rule, now)
+            verdict = TokenVerdict(bucket.admits(now), "key", bucket)
+            if not verdict.allowed:
+                return verdict
+        if global_rule is not None:
+            bucket = self._global_bucket(global_rule, now)
+            allowed = bucket.admits(now)
+            if not allowed or verdict is None or bucket.tokens < verdict.bucket.tokens:
+                verdict = TokenVerdict(allowed, "global", bucket)
+        return verdict
+
+    def charge(self, key_id: str, key_rule: Rule | None, global_rule: Rule | None, tokens: int) -> None:
+        now = time.monotonic()
+        if key_rule is not None:
+            self.key.get(key_id, key_rule, now).charge(now, tokens)
+        if global_rule is not None:
+            self._global_bucket(global_rule, now).charge(now, tokens)

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from addons.limits import MAX_TRACKED_BUCKETS, Buckets, Limiter, Rule, TokenBucket, format_duration
+from addons.limits import (
+    MAX_TRACKED_BUCKETS,
+    Buckets,
+    Limiter,
+    Rule,
+    TokenBucket,
+    TokenLimiter,
+    TokenVerdict,
+    format_duration,
+    tokens_per_minute,
+)
 
 
 def test_bucket_refills_over_its_window():
@@ -103,3 +113,54 @@ def test_a_key_without_a_bucket_is_bounded_by_the_global_limit_alone():
     refused = limiter.check_key("a", None, Rule(2, 60), ip)
     assert (refused.allowed, refused.scope) == (False, "global")
     assert len(limiter.key) == 0
+
+
+def test_a_token_bucket_is_charged_after_the_fact_and_admits_while_above_zero():
+    limiter, rule = TokenLimiter(), tokens_per_minute(50)
+    assert limiter.check("a", rule, None).allowed
+    limiter.charge("a", rule, None, 29)  # 21 left
+    assert limiter.check("a", rule, None).allowed, "above zero: admitted, however large the next answer"
+    limiter.charge("a", rule, None, 29)  # 8 below zero, and 50 a minute come back
+    refused = limiter.check("a", rule, None)
+    assert (refused.allowed, refused.scope) == (False, "key")
+    assert refused.headers()["x-ratelimit-remaining-tokens"] == "0"
+    assert limiter.check("b", rule, None).allowed, "other keys have buckets of their own"
+
+
+def test_token_headers_read_like_openai():
+    bucket = TokenBucket(tokens_per_minute(50), now=0.0)
+    bucket.charge(0.0, 58)  # 8 below zero: 9.6 s until it is above zero, 69.6 s until full
+    headers = TokenVerdict(False, "key", bucket).headers()
+    assert headers == {
+        "x-ratelimit-limit-tokens": "50",
+        "x-ratelimit-remaining-tokens": "0",
+        "x-ratelimit-reset-tokens": "1m10s",
+        "retry-after": "10",
+        "retry-after-ms": "9600",
+    }
+    bucket.charge(30.0, -30)  # 30 s later 17 (25 came back), then a refund for the test: 47
+    assert TokenVerdict(True, "key", bucket).headers() == {
+        "x-ratelimit-limit-tokens": "50",
+        "x-ratelimit-remaining-tokens": "47",
+        "x-ratelimit-reset-tokens": "4s",
+    }
+
+
+def test_the_binding_token_limit_is_the_tighter_of_the_key_and_global_buckets():
+    limiter, key_rule, global_rule = TokenLimiter(), tokens_per_minute(1000), tokens_per_minute(100)
+    assert limiter.check("a", None, None) is None, "no token limit: no verdict, no headers"
+    verdict = limiter.check("a", key_rule, global_rule)
+    assert (verdict.scope, verdict.headers()["x-ratelimit-limit-tokens"]) == ("global", "100")
+    limiter.charge("a", key_rule, global_rule, 150)
+    refused = limiter.check("b", None, global_rule)
+    assert (refused.allowed, refused.scope) == (False, "global"), "the global bucket covers every key"
+    assert limiter.check("a", key_rule, None).scope == "key"
+
+
+def test_a_bucket_refills_to_its_limit_from_below_zero():
+    bucket = TokenBucket(tokens_per_minute(60), now=0.0)
+    bucket.charge(0.0, 90)
+    assert bucket.tokens == -30 and bucket.until_positive() == pytest.approx(30.0)
+    assert not bucket.admits(29.0)
+    assert bucket.admits(31.0)
+    assert bucket.reset_after() == pytest.approx(59.0)
