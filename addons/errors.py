@@ -64,3 +64,33 @@ def engine_error(status: int, message: str, *, admin_address: str | None = None)
     if "timed out" in message.lower():
         return 504, UPSTREAM_TIMEOUT_BODY
     return 502, error_body("The upstream service is unreachable.", "server_error", "upstream_unavailable")
+
+
+def insufficient_quota(message: str) -> http.Response:
+    """A budget used up: OpenAI's answer for an exhausted quota. `x-should-retry: false` tells the
+    OpenAI and Anthropic SDKs not to retry a 429 that lasts until the period ends."""
+    no_retry = {"x-should-retry": "false"}
+    return error_response(429, message, "insufficient_quota", "insufficient_quota", no_retry)
+
+
+def tokens_exceeded(message: str, headers: dict[str, str]) -> http.Response:
+    """A token limit reached: OpenAI's answer, with `retry-after` and the token headers."""
+    return error_response(429, message, "tokens", "rate_limit_exceeded", headers)
+
+
+def model_not_allowed(message: str) -> http.Response:
+    return http.Response.make(
+        403,
+        error_body(message, "invalid_request_error", "model_not_allowed", param="model"),
+        JSON_HEADERS,
+    )
+
+
+def model_not_found(model: str) -> bytes:
+    """OpenAI's body for GET /v1/models/{id} of a model that it does not list."""
+    return error_body(
+        f"The model '{model}' does not exist or you do not have access to it.",
+        "invalid_request_error",
+        "model_not_found",
+        param="model",
+    )

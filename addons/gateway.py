@@ -22,12 +22,13 @@ _ROOT = str(Path(__file__).resolve().parents[1])
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from addons import engine, errors, routes  # noqa: E402
+from addons import engine, errors, models, routes  # noqa: E402
 from addons.bodies import RETRY_AFTER_SECONDS, BodyBudget, StreamedUpload, held_size  # noqa: E402
 from addons.health import Health, upstream_tls_context  # noqa: E402
 from addons.limits import Limiter, Verdict  # noqa: E402
 from addons.live import KeyEntry, LiveData, Snapshot  # noqa: E402
 from addons.metering import META, RequestInfo, finished  # noqa: E402
+from addons.quota import KEY, Quota  # noqa: E402
 from addons.sse import SseUsageTap  # noqa: E402
 from addons.timeouts import UpstreamTimeouts  # noqa: E402
 from addons.tls import CHECK_SECONDS, HSTS, CertificateBundle, CertificateError  # noqa: E402
@@ -49,6 +50,7 @@ class Gateway:
     def __init__(self, settings: config.Settings | None = None) -> None:
         self.settings = settings
         self.limiter = Limiter()
+        self.quota = Quota()  # budgets and token limits
         self.in_flight = 0
         self.live: LiveData | None = None
         self.writer: UsageWriter | None = None
@@ -73,6 +75,7 @@ class Gateway:
             # OptionsError is what mitmproxy lets through its loader: start-up stops on it.
             raise exceptions.OptionsError(f"API_KEYS_FILE: {e}") from None
         log.info("rate limits in force: %s", load_limits(defaults).describe())
+        self.quota.load()
         self.writer = UsageWriter(lambda: self.live.snapshot.prices)
         self.timeouts = UpstreamTimeouts(s.upstream_timeout)
         self.bodies = BodyBudget(s.body_memory_mb * 1024 * 1024)
@@ -201,6 +204,8 @@ class Gateway:
             ours = tuple((k.encode(), v.encode()) for k, v in info.verdict.headers().items())
             kept = tuple(f for f in response.headers.fields if not f[0].lower().startswith(b"x-ratelimit-"))
             response.headers.fields = kept + ours
+        if info.key_id:
+            self.quota.add_token_headers(flow, self.live.snapshot)
         if "text/event-stream" in response.headers.get("content-type", ""):
             info.tap = SseUsageTap(strip_usage_only_chunk=info.strip_usage_chunk)
             response.stream = info.tap
@@ -210,6 +215,8 @@ class Gateway:
         info: RequestInfo | None = flow.metadata.get(META)
         if info is None or info.finished:
             return
+        if info.route.model_list:
+            models.shape_answer(flow, flow.metadata.get(KEY))
         status, body = flow.response.status_code, None
         if info.tap is not None:
             usage, model = info.tap.usage, info.tap.model or info.model
@@ -284,6 +291,9 @@ class Gateway:
             flow.response = errors.invalid_api_key(refusal)
             return
         info.key_id = entry.key_id
+        if (refused := self.quota.admit(flow, entry, snapshot)) is not None:
+            flow.response = refused  # a budget or token limit used up: before the request limits
+            return
 
         verdict = self.limiter.check_key(entry.key_id, entry.rule, snapshot.global_rule, ip_verdict)
         if not verdict.allowed:
@@ -295,7 +305,8 @@ class Gateway:
                 413, f"Request body exceeds {s.max_body_mb} MB.", "invalid_request_error", "request_too_large"
             )
             return
-        streamed = info.route.stream_upload  # uploads pass through
+        # Uploads pass through, unless their model must be read (a key's model list).
+        streamed = info.route.stream_upload and not models.must_hold(entry, info.route)
         held = 0 if streamed else held_size(request, s.max_body_bytes)
         encoded = request.headers.get("content-encoding", "identity") != "identity"
         if held and info.route.json_body and encoded:
@@ -413,7 +424,16 @@ class Gateway:
                     }
                     request.content = json.dumps(body).encode()
                     info.strip_usage_chunk = True
+        if refused := self._check_model(flow, info):
+            flow.response = refused
+            return
         self.timeouts.watch(flow)
+
+    def _check_model(self, flow: http.HTTPFlow, info: RequestInfo) -> http.Response | None:
+        """The key's model list, before anything goes upstream."""
+        if info.route is routes.ONE_MODEL:
+            return models.prepare_lookup(flow)
+        return models.refusal(flow.metadata.get(KEY), info.route, info.model)
 
     # -- the end of every request ----------------------------------------------------------
 
@@ -421,7 +441,10 @@ class Gateway:
         info.finished = True
         self.in_flight -= 1
         metered = bool(info.key_id) and info.route.kind is routes.Kind.API
-        self.writer.put(finished(info, flow.request.method, status, usage, model, complete, metered, body))
+        done = finished(info, flow.request.method, status, usage, model, complete, metered, body)
+        if metered:  # spend and tokens count now, before the client sees the end of the answer
+            done = self.quota.charge(done, flow.metadata.get(KEY), self.live.snapshot)
+        self.writer.put(done)
 
 
 def _add_hsts(flow: http.HTTPFlow) -> None:

@@ -1,4 +1,5 @@
-"""What the hot path reads: keys, limits and prices in memory, refreshed when the database changes.
+"""What the hot path reads: keys, limits, spend settings and prices in memory, refreshed when the
+database changes.
 
 A thread polls `storage.db.revision()` (one indexed read, bumped by triggers on every change
 to keys, settings and prices) a few times a second and reloads only when it moved, so a key
@@ -16,8 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from addons.limits import Rule
-from storage import db, keys, keys_file, prices, settings
+from addons.limits import Rule, tokens_per_minute
+from storage import db, keys, keys_file, prices, settings, spend
 
 log = logging.getLogger("gateway.live")
 POLL_SECONDS = 0.25
@@ -29,6 +30,11 @@ class KeyEntry:
     enabled: bool
     expires_at: datetime | None
     rule: Rule | None  # the key's own limit, the per-key default, or None: the global limit alone
+    # Spend control (storage/keys.py); None: no such limit.
+    budget_eur: float | None = None
+    budget_period: str | None = None
+    models: frozenset[str] | None = None  # the models the key may use; None: all
+    tpm: Rule | None = None  # tokens per minute
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,8 @@ class Snapshot:
     global_rule: Rule
     prices: dict[str, prices.PriceRow]
     revision: int
+    spend: spend.GlobalSpend = spend.GlobalSpend()  # the gateway's own budget and token limit
+    global_tpm: Rule | None = None
 
 
 def load_snapshot(default_limits: settings.Limits) -> Snapshot:
@@ -51,17 +59,43 @@ def load_snapshot(default_limits: settings.Limits) -> Snapshot:
     default_rule = None if default_rule == global_rule else default_rule
     entries = {
         k.key_hash: KeyEntry(
-            k.key_id, k.enabled, k.expires_at, Rule(k.rate_limit, window) if k.rate_limit else default_rule
+            k.key_id,
+            k.enabled,
+            k.expires_at,
+            Rule(k.rate_limit, window) if k.rate_limit else default_rule,
+            k.budget_eur,
+            _budget_period(k) if k.budget_eur is not None else None,
+            _models(k),
+            tokens_per_minute(k.tpm),
         )
         for k in keys.list_keys()
     }
+    global_spend = spend.load_global()
     return Snapshot(
         entries,
         Rule(limits.ip_rate_limit_requests, limits.ip_rate_limit_window),
         global_rule,
         prices.all_prices(),
         revision,
+        global_spend,
+        tokens_per_minute(global_spend.tpm),
     )
+
+
+def _budget_period(key) -> str:
+    if key.budget_period in spend.PERIODS:
+        return key.budget_period
+    # Only raw SQL can store another value; the rules' default stands in, as for a missing one.
+    return "month"
+
+
+def _models(key) -> frozenset[str] | None:
+    try:
+        return frozenset(keys.allowed_models(key)) or None
+    except (ValueError, TypeError):
+        # Written by hand and unreadable: fail closed, the key may use no model until it is fixed.
+        log.error("key %s: its model list is not a JSON list of names; it may use no model", key.key_id)
+        return frozenset()
 
 
 class LiveData:
