@@ -103,6 +103,7 @@ def test_csv_export_has_a_row_per_key_model_and_day(client, logged_in, data):
     )
     alice_today = next(row for row in rows if row["model"] == "gpt-oss-120b")
     assert (alice_today["requests"], alice_today["errors"], alice_today["total_tokens"]) == ("2", "1", "150")
+    assert alice_today["refused"] == "0", "a 502 is the upstream's"
     assert float(alice_today["cost_eur"]) == pytest.approx(0.00075)
     assert sum(float(row["cost_eur"]) for row in rows) == pytest.approx(2.51035)
 
@@ -182,3 +183,91 @@ def test_euro_format(value, text):
 
 def test_times_are_shown_in_utc():
     assert formatting.when(datetime(2026, 3, 14, 23, 30, tzinfo=UTC)) == "2026-03-14 23:30"
+
+
+@pytest.fixture
+def refusals(app):
+    """One key's answers today: refused by the gateway (429, 403, 413) and the upstream's errors
+    (a 401 never comes from the gateway with a key, so it is the upstream's; 502)."""
+    key, _ = keys.create_key("limited")
+    other, _ = keys.create_key("other")
+    now = utcnow()
+    usage.record_batch([
+        record(key.key_id, now),
+        record(key.key_id, now, model="", status=429, prompt=0, completion=0, cost=0.0),
+        record(key.key_id, now, status=429, prompt=0, completion=0, cost=0.0),
+        record(key.key_id, now, model="gemma-3-27b", status=403, prompt=0, completion=0, cost=0.0),
+        record(key.key_id, now, model="gemma-3-27b", status=413, prompt=0, completion=0, cost=0.0),
+        record(key.key_id, now, status=401, prompt=0, completion=0, cost=0.0),
+        record(other.key_id, now, status=502, prompt=0, completion=0, cost=0.0),
+        record(other.key_id, now, cost=1.0),
+    ])
+    return {"key": key, "other": other, "today": now.date()}
+
+
+def cells(table: str, first: str) -> list[str]:
+    """The figures of the row whose first cell holds `first`: requests, refused, upstream errors, ..."""
+    row = next(r for r in re.findall(r"<tr>(.*?)</tr>", table, re.S) if first in r.split("</td>")[0])
+    return re.findall(r'<td class="num[^"]*">([^<]*)</td>', row)
+
+
+def test_refusals_are_apart_from_upstream_errors(client, logged_in, refusals):
+    html = client.get("/admin/usage?period=today").text
+    assert 'id="total-requests">8<' in html
+    assert 'id="total-refused">4<' in html and 'id="total-errors">2<' in html
+    assert "25.0% of requests" in html, "upstream errors only"
+    by_key = re.search(r'<table class="table" id="by-key">.*?</table>', html, re.S).group(0)
+    assert cells(by_key, "limited")[:3] == ["6", "4", "1"]
+    assert cells(by_key, "other")[:3] == ["2", "0", "1"]
+    by_model = re.search(r'<table class="table" id="by-model">.*?</table>', html, re.S).group(0)
+    assert cells(by_model, "gemma-3-27b")[:3] == ["2", "2", "0"]
+    assert cells(by_model, "gpt-oss-120b")[:3] == ["5", "1", "2"]
+    assert cells(by_model, "—")[:3] == ["1", "1", "0"], "a refusal before the model was read"
+    assert "403, 413 or 429" in html, "the page says how refusals are told apart"
+
+
+def test_filter_by_key(client, logged_in, refusals):
+    key = refusals["key"]
+    html = client.get(f"/admin/usage?period=today&key={key.key_id}").text
+    assert 'id="total-requests">6<' in html and 'id="total-spend">€0.00075<' in html
+    assert 'id="total-refused">4<' in html and 'id="total-errors">1<' in html
+    assert 'id="by-key"' not in html and 'id="key-filter-note"' in html
+    assert f'<option value="{key.key_id}" selected>limited ({key.key_id})</option>' in html
+    assert f'href="/admin/keys/{key.key_id}"' in html
+    # The period links, the custom range and the export keep the key.
+    assert f'href="/admin/usage?period=7d&amp;key={key.key_id}"' in html
+    assert f'<input type="hidden" name="key" value="{key.key_id}">' in html
+    link = re.search(r'href="(/admin/usage\.csv[^"]*)"', html).group(1).replace("&amp;", "&")
+    rows = list(csv.DictReader(io.StringIO(client.get(link).text)))
+    assert {row["key_id"] for row in rows} == {key.key_id}
+    assert sorted((row["model"], row["requests"], row["errors"], row["refused"]) for row in rows) == [
+        ("", "1", "1", "1"), ("gemma-3-27b", "2", "2", "2"), ("gpt-oss-120b", "3", "2", "1"),
+    ]
+    assert f"usage_{key.key_id}_" in client.get(link).headers["Content-Disposition"]
+
+
+def test_the_by_key_table_links_to_the_filter(client, logged_in, refusals):
+    html = client.get("/admin/usage?period=7d").text
+    key_id = refusals["key"].key_id
+    assert f'href="/admin/usage?key={key_id}&amp;period=7d" title="Show only this key"' in html
+
+
+def test_filter_by_a_deleted_key(client, logged_in, data):
+    gone = data["gone"].key_id
+    start = (data["today"] - timedelta(days=45)).isoformat()
+    html = client.get(f"/admin/usage?period=custom&start={start}&end={data['today']}&key={gone}").text
+    assert 'id="total-spend">€100.00<' in html and "of a deleted key" in html
+    assert f'<option value="{gone}" selected>deleted key ({gone})</option>' in html
+
+
+@pytest.mark.parametrize("bad", ["key\x1b[2J", "k" * 201])
+def test_a_bad_key_filter_shows_every_key(client, logged_in, data, bad):
+    html = client.get("/admin/usage", query_string={"key": bad}).text
+    assert "That is not a key id" in html and 'id="by-key"' in html
+    assert 'id="total-requests">4<' in html
+
+
+def test_a_key_name_is_escaped_in_the_filter(client, logged_in):
+    keys.create_key("<script>alert(1)</script>")
+    html = client.get("/admin/usage").text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; (key_" in html and "<script>alert" not in html
