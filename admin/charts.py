@@ -76,3 +76,21 @@ def bar_chart(
     )
     parts.append("</svg>")
     return Markup("".join(parts))
+
+
+WARN_FROM = 0.8  # a budget this far spent shows amber
+
+
+def spend_bar(spent: float, budget: float, label: str) -> Markup:
+    """Spend against a budget as a thin SVG bar: the server sizes it, so no script and no style
+    attribute (the CSP allows neither); `label` says it in words for screen readers and tooltips."""
+    share = spent / budget if budget > 0 else 1.0
+    # A little spend still shows: a sliver, not an empty track that reads as nothing spent.
+    width = 0.0 if spent <= 0 else min(100.0, max(share * 100, 1.5))
+    level = "over" if share >= 1 else "warn" if share >= WARN_FROM else "ok"
+    return Markup(
+        f'<svg class="meter meter-{level}" viewBox="0 0 100 8" preserveAspectRatio="none" role="img" '
+        f'aria-label="{escape(label)}" xmlns="http://www.w3.org/2000/svg"><title>{escape(label)}</title>'
+        f'<rect class="meter-track" width="100" height="8"/>'
+        f'<rect class="meter-fill" width="{width:.1f}" height="8"/></svg>'
+    )

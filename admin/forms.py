@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from storage import keys
+from storage import keys, spend
 from storage.prices import PRICE_FIELDS
 
 
@@ -34,6 +34,42 @@ def rate_limit(text: str | None) -> int | None:
 def expiry(text: str | None, now: datetime) -> datetime | None:
     """A date (YYYY-MM-DD): the key works until the end of that day, UTC. Blank: never expires."""
     return _labelled("Valid until", keys.parse_expiry, text, now)
+
+
+def budget(text: str | None, label: str = "Budget") -> float | None:
+    """Euros per period, "12.50" or "12,50"; blank: no budget."""
+    text = (text or "").strip().replace(",", ".")
+    if not text:
+        return None
+    try:
+        number = float(text)
+    except ValueError:
+        raise ValueError(f"{label}: enter a number of euros, like 20 or 2.50, or leave it empty.") from None
+    return _labelled(label, keys.check_budget, number)
+
+
+def budget_period(text: str | None, label: str = "Budget period") -> str:
+    """day, week or month; blank: month, storage's default for a budget."""
+    return _labelled(label, spend.check_period, (text or "").strip() or "month")
+
+
+def tpm(text: str | None, label: str = "Tokens per minute") -> int | None:
+    """Tokens per minute; blank: no token limit."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    if not text.isdigit():
+        raise ValueError(f"{label}: enter a whole number of tokens (at least 1), or leave it empty.")
+    return _labelled(label, keys.check_tpm, int(text))
+
+
+def models(ticked: list[str], typed: str | None) -> list[str] | None:
+    """The models ticked in the list and those typed (separated by commas or spaces), in that
+    order; none at all: every model (None)."""
+    names = [name.strip() for name in ticked if name.strip()]
+    names += [name for name in (typed or "").replace(",", " ").split() if name]
+    _labelled("Models", keys.check_models, names)
+    return list(dict.fromkeys(names)) or None
 
 
 def limit_value(label: str, text: str | None) -> int:
