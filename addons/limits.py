@@ -96,15 +96,19 @@ class TokenVerdict:
     scope: str  # "key" or "global"
     bucket: TokenBucket
 
-    def headers(self) -> dict[str, str]:
+    def fields(self) -> tuple[tuple[bytes, bytes], ...]:
+        """The three x-ratelimit-*-tokens headers as raw fields (cheaper to add than headers)."""
         bucket = self.bucket
-        headers = {
-            "x-ratelimit-limit-tokens": str(bucket.rule.requests),
-            "x-ratelimit-remaining-tokens": str(max(0, math.floor(bucket.tokens))),
-            "x-ratelimit-reset-tokens": format_duration(bucket.reset_after()),
-        }
+        return (
+            (b"x-ratelimit-limit-tokens", b"%d" % bucket.rule.requests),
+            (b"x-ratelimit-remaining-tokens", b"%d" % max(0, math.floor(bucket.tokens))),
+            (b"x-ratelimit-reset-tokens", format_duration(bucket.reset_after()).encode()),
+        )
+
+    def headers(self) -> dict[str, str]:
+        headers = {name.decode(): value.decode() for name, value in self.fields()}
         if not self.allowed:
-            wait = bucket.until_positive()
+            wait = self.bucket.until_positive()
             headers["retry-after"] = str(max(1, math.ceil(wait)))
             headers["retry-after-ms"] = str(max(1, math.ceil(wait * 1000)))
         return headers

@@ -36,7 +36,7 @@ KEY = "gateway.key"  # flow.metadata: the KeyEntry the request was admitted with
 # the other way round): spend within a billionth of the budget has reached it.
 REACHED = 1 - 1e-9
 ADJECTIVE = {"day": "daily", "week": "weekly", "month": "monthly"}
-_TOKEN_HEADER = b"x-ratelimit-"
+_RATE_LIMIT_HEADER = b"x-ratelimit-"
 
 
 class Quota:
@@ -84,14 +84,13 @@ class Quota:
         entry: KeyEntry | None = flow.metadata.get(KEY)
         if entry is None or (entry.tpm is None and snapshot.global_tpm is None):
             return
-        verdict = self.tokens.check(entry.key_id, entry.tpm, snapshot.global_tpm)
-        ours = tuple((k.encode(), v.encode()) for k, v in verdict.headers().items() if k.endswith("-tokens"))
-        response = flow.response
-        kept = tuple(
-            f for f in response.headers.fields
-            if not (f[0].lower().startswith(_TOKEN_HEADER) and f[0].lower().endswith(b"-tokens"))
-        )
-        response.headers.fields = kept + ours
+        ours = self.tokens.check(entry.key_id, entry.tpm, snapshot.global_tpm).fields()
+        # Raw fields, as for the request headers: this runs on every answer to such a key.
+        fields = flow.response.headers.fields
+        if any(name[:12].lower() == _RATE_LIMIT_HEADER for name, _ in fields):
+            fields = tuple(f for f in fields if not (f[0][:12].lower() == _RATE_LIMIT_HEADER
+                                                     and f[0].lower().endswith(b"-tokens")))
+        flow.response.headers.fields = fields + ours
 
     def charge(self, done: Finished, entry: KeyEntry | None, snapshot: Snapshot) -> Finished:
         """Count a metered request's cost and tokens now; returns it with its body's usage read,

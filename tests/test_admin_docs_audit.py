@@ -36,6 +36,16 @@ def test_docs_explain_the_encryption_and_clients(client, logged_in):
         assert text in html, text
 
 
+def test_docs_explain_budgets_model_lists_and_token_limits(client, logged_in):
+    html = client.get("/admin/docs").text
+    section = re.search(r'<section class="card" id="spend-control">.*?</section>', html, re.S).group(0)
+    for heading in ("Budgets", "Model lists", "Token limits"):
+        assert f"<h3>{heading}</h3>" in section
+    # What a client sees when refused, by the codes the gateway answers with.
+    for code in ("insufficient_quota", "model_not_allowed", "rate_limit_exceeded"):
+        assert f"<code>{code}</code>" in section
+
+
 def test_docs_list_models_and_prices_from_the_database(client, logged_in):
     prices.set_price("kimi-k2.6", input_per_mtok=1.2, output_per_mtok=4.8, cached_per_mtok=0.3)
     html = client.get("/admin/docs").text

@@ -31,19 +31,22 @@ def state_changes(key_id: str) -> list[tuple[str, dict]]:
         ("/admin/settings/limits", {"key_rate_limit_requests": "1"}),
         ("/admin/settings/limits/reset", {}),
         ("/admin/settings/prices", {"model": "evil", "input_per_mtok": "0"}),
+        ("/admin/settings/spend", {"global_budget": "1", "global_tpm": "1"}),
+        (f"/admin/keys/{key_id}", {"name": "victim", "budget": "0.01", "models_other": "none-such"}),
         ("/admin/logout", {}),
     ]
 
 
 def snapshot() -> tuple:
     return (
-        [(k.key_id, k.name, k.key_hash, k.enabled, k.rate_limit) for k in keys.list_keys()],
+        [(k.key_id, k.name, k.key_hash, k.enabled, k.rate_limit, k.budget_eur, k.models, k.tpm)
+         for k in keys.list_keys()],
         prices.all_prices(),
         list(limits_store.Setting.select().tuples()),
     )
 
 
-@pytest.mark.parametrize("index", range(10))
+@pytest.mark.parametrize("index", range(12))
 @pytest.mark.parametrize("token", ["missing", "wrong"])
 def test_every_state_change_needs_the_csrf_token(client, logged_in, key_id, index, token):
     url, data = state_changes(key_id)[index]
@@ -152,6 +155,15 @@ def test_session_cookie_is_secure_over_https(client, app):
 def test_client_address_comes_from_the_gateway(client, auth):
     auth.login(addr="192.0.2.55")
     assert audit.recent()[0].client_addr == "192.0.2.55"
+
+
+def test_the_key_page_has_no_inline_script_or_style(client, visit, key_id):
+    # The spend bar and the charts are sized by SVG attributes, which the CSP allows.
+    keys.update(key_id, budget_eur=1.0)
+    html = visit(f"/admin/keys/{key_id}").text + client.get("/admin/keys").text
+    assert "<svg class=\"meter" in html
+    assert not re.search(r"\sstyle=", html) and not re.search(r"<style\b", html)
+    assert not re.search(r"<script\b[^>]*>\s*[^<\s]", html), "inline script"
 
 
 def test_unknown_page_is_a_tidy_404(client, logged_in):

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from storage import audit, prices
+from storage import audit, keys, prices, spend, usage
 from storage import settings as limits_store
+from storage.models import utcnow
 from storage.settings import LIMIT_NAMES, Limits
+from storage.usage import UsageRecord
 
 pytest_plugins = ("tests.admin_fixtures",)
 
@@ -130,3 +134,72 @@ def test_saving_an_unchanged_price_writes_nothing(client, logged_in):
     form = {"model": row.model, "action": "save", **{n: str(getattr(row, n)) for n in prices.PRICE_FIELDS}}
     logged_in.post("/admin/settings/prices", form)
     assert "price.changed" not in [e.action for e in audit.recent()]
+
+
+def spend_form(**fields) -> dict:
+    return {"global_budget": "", "global_budget_period": "month", "global_tpm": "", **fields}
+
+
+def test_global_budget_and_token_limit_are_saved_and_audited(client, logged_in):
+    r = logged_in.post("/admin/settings/spend", spend_form(global_budget="250", global_budget_period="week",
+                                                          global_tpm="100000"))
+    assert r.status_code == 302 and r.headers["Location"] == "/admin/settings#spend"
+    assert spend.load_global() == spend.GlobalSpend(250.0, "week", 100_000)
+    changes = sorted((e.detail, e.client_addr) for e in audit.recent() if e.action == "limit.changed")
+    assert changes == [("global_budget_eur: none -> 250", "127.0.0.1"),
+                       ("global_budget_period: month -> week", "127.0.0.1"),
+                       ("global_tpm: none -> 100000", "127.0.0.1")]
+    html = client.get("/admin/settings").text
+    assert "Saved the whole gateway&#39;s budget" in html
+    assert 'name="global_budget" min="0" step="any" placeholder="no budget" value="250"' in html
+    assert '<option value="week" selected>' in html and 'value="100000"' in html
+
+
+def test_global_limits_are_cleared_by_empty_fields(client, logged_in):
+    spend.save_global(spend.GlobalSpend(10.0, "day", 500))
+    logged_in.post("/admin/settings/spend", spend_form(global_budget_period="month"))
+    # The period stays: without a budget it means nothing, and it is not a change to audit.
+    assert spend.load_global() == spend.GlobalSpend(None, "day", None)
+    details = sorted(e.detail for e in audit.recent() if e.action == "limit.changed")
+    assert details == ["global_budget_eur: 10 -> none", "global_tpm: 500 -> none"]
+
+
+def test_unchanged_global_limits_write_nothing(client, logged_in):
+    spend.save_global(spend.GlobalSpend(10.0, "day", None))
+    logged_in.post("/admin/settings/spend", spend_form(global_budget="10.0", global_budget_period="day"))
+    assert "Nothing changed" in client.get("/admin/settings").text
+    assert "limit.changed" not in [e.action for e in audit.recent()]
+
+
+@pytest.mark.parametrize(
+    "form, message",
+    [
+        ({"global_budget": "0"}, "Whole gateway, budget: a number of euros above 0"),
+        ({"global_budget": "lots"}, "Whole gateway, budget: enter a number of euros"),
+        ({"global_budget": "5", "global_budget_period": "year"}, "Whole gateway, budget period: one of"),
+        ({"global_tpm": "-5"}, "Whole gateway, tokens per minute: enter a whole number"),
+    ],
+)
+def test_bad_global_limits_are_refused(client, logged_in, form, message):
+    logged_in.post("/admin/settings/spend", spend_form(**form))
+    assert spend.load_global() == spend.GlobalSpend()
+    assert message in client.get("/admin/settings").text
+
+
+def test_global_spend_against_the_budget(client, logged_in):
+    a, _ = keys.create_key("a")
+    b, _ = keys.create_key("b")
+    now = utcnow()
+    usage.record_batch([
+        UsageRecord(now, a.key_id, "/v1/chat/completions", "m", 200, cost_eur=30.0),
+        UsageRecord(now, b.key_id, "/v1/chat/completions", "m", 200, cost_eur=15.0),
+    ])
+    html = client.get("/admin/settings").text
+    assert 'id="global-spent">€45.00</span> spent this month by all keys; no budget' in html
+    spend.save_global(spend.GlobalSpend(budget_eur=50.0, budget_period="month"))
+    html = client.get("/admin/settings").text
+    section = re.search(r'<section class="card" id="spend">.*?</section>', html, re.S).group(0)
+    assert 'id="global-spent">€45.00</span> of €50.00 spent this month' in section
+    assert '<svg class="meter meter-warn"' in section and 'width="90.0"' in section
+    spend.save_global(spend.GlobalSpend(budget_eur=40.0, budget_period="month"))
+    assert "every key is refused until it resets" in client.get("/admin/settings").text

@@ -1,12 +1,14 @@
-"""The settings tab: service status, rate limits, and the price table."""
+"""The settings tab: service status, rate limits, the whole gateway's budget and token limit, and
+the price table."""
 
 from __future__ import annotations
 
 from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 
-from admin import events, forms, state, status
-from storage import prices
+from admin import charts, events, formatting, forms, state, status
+from storage import prices, spend
 from storage import settings as limits_store
+from storage.models import utcnow
 from storage.settings import LIMIT_NAMES
 
 bp = Blueprint("settings", __name__, url_prefix="/admin")
@@ -54,6 +56,7 @@ def index():
         prices=rows,
         price_labels=forms.PRICE_LABELS,
         default_model=prices.DEFAULT_MODEL,
+        **_global_spend(),
     )
 
 
@@ -76,6 +79,58 @@ def save_limits():
     else:
         flash("Nothing changed.", "info")
     return redirect(url_for("settings.index") + "#limits")
+
+
+def _global_spend() -> dict:
+    """The whole gateway's budget and token limit, and what all keys spent in its period."""
+    settings = spend.load_global()
+    period = spend.period_at(settings.budget_period, utcnow())
+    spent = spend.total_spend(period)
+    bar = None
+    if settings.budget_eur is not None:
+        label = (f"{formatting.eur(spent)} of {formatting.eur(settings.budget_eur)} spent this "
+                 f"{period.name} ({spent / settings.budget_eur:.0%})")
+        bar = charts.spend_bar(spent, settings.budget_eur, label)
+    return {"global_spend": settings, "global_period": period, "global_spent": spent, "global_bar": bar,
+            "periods": spend.PERIODS}
+
+
+# The audit log names them as storage stores them (storage/spend.py).
+GLOBAL_NAMES = {
+    "budget_eur": "global_budget_eur", "budget_period": "global_budget_period", "tpm": "global_tpm",
+}
+
+
+def _shown(value) -> str:
+    return "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+@bp.post("/settings/spend")
+def save_spend():
+    current = spend.load_global()
+    try:
+        budget = forms.budget(request.form.get("global_budget"), "Whole gateway, budget")
+        # A period alone means nothing: without a budget the stored one stays.
+        period = current.budget_period
+        if budget is not None:
+            period = forms.budget_period(request.form.get("global_budget_period"),
+                                         "Whole gateway, budget period")
+        tpm = forms.tpm(request.form.get("global_tpm"), "Whole gateway, tokens per minute")
+    except ValueError as exc:
+        flash(str(exc), "error")
+        return redirect(url_for("settings.index") + "#spend")
+    wanted = spend.GlobalSpend(budget_eur=budget, budget_period=period, tpm=tpm)
+    changed = [field for field in GLOBAL_NAMES if getattr(wanted, field) != getattr(current, field)]
+    if not changed:
+        flash("Nothing changed.", "info")
+        return redirect(url_for("settings.index") + "#spend")
+    spend.save_global(wanted)
+    for field in changed:
+        events.record("limit.changed", f"{GLOBAL_NAMES[field]}: {_shown(getattr(current, field))} -> "
+                                       f"{_shown(getattr(wanted, field))}")
+    flash("Saved the whole gateway's budget and token limit; the gateway applies them within a second.",
+          "success")
+    return redirect(url_for("settings.index") + "#spend")
 
 
 @bp.post("/settings/limits/reset")
