@@ -18,7 +18,7 @@ ROOT = str(Path(__file__).resolve().parent.parent)
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from storage import config, keys, keys_file, usage  # noqa: E402
+from storage import config, key_history, keys, keys_file, spend, usage  # noqa: E402
 from storage.db import DatabaseMissing, close_database, open_database  # noqa: E402
 from storage.models import utcnow  # noqa: E402
 
@@ -65,18 +65,78 @@ def pass_db(command):
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 
 
-class Expiry(click.ParamType):
-    """storage.keys.parse_expiry: the admin's rule, a date is valid through its end (UTC)."""
+class Cleared:
+    """`none` given for a setting: clear it."""
 
-    name = "DATE"
+    def __repr__(self) -> str:
+        return "none"
+
+
+CLEARED = Cleared()
+
+
+class Setting(click.ParamType):
+    """A key setting's value, checked by its storage rule (storage.keys), or `none` to clear it."""
+
+    def __init__(self, metavar: str, parse):
+        self.name = metavar
+        self.parse = parse
+
+    def get_metavar(self, param, ctx) -> str:
+        return f"{self.name}|none"  # as typed: click would write NONE
 
     def convert(self, value, param, ctx):
-        if isinstance(value, datetime):
+        if not isinstance(value, str):
             return value
+        if value.strip().lower() == "none":
+            return CLEARED
         try:
-            return keys.parse_expiry(value)
+            return self.parse(value.strip())
         except ValueError as exc:
             self.fail(str(exc).split(": ", 1)[-1], param, ctx)
+
+
+def _number(kind, text: str, what: str):
+    try:
+        return kind(text)
+    except ValueError:
+        number = "a whole number" if kind is int else "a number"
+        raise ValueError(f"{what}: {text!r} is not {number}") from None
+
+
+def _models(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise ValueError("models: model ids separated by commas, or none for every model")
+    keys.check_models(names)
+    return names
+
+
+# The admin's rules: a date is valid through its end (UTC), a budget is euros above 0, and so on.
+EXPIRES = Setting("DATE", keys.parse_expiry)
+RATE_LIMIT = Setting("N", lambda text: keys.check_rate_limit(_number(int, text, "rate limit")))
+BUDGET = Setting("EUR", lambda text: keys.check_budget(_number(float, text, "budget")))
+MODELS = Setting("A,B", _models)
+TPM = Setting("N", lambda text: keys.check_tpm(_number(int, text, "tpm")))
+
+
+def setting_options(command):
+    """The options of a key's settings, shared by create and update."""
+    for option in reversed((
+        click.option("--expires", type=EXPIRES,
+                     help="Expiry: a date (valid through that day, UTC) or an ISO date-time; none: never."),
+        click.option("--rate-limit", type=RATE_LIMIT,
+                     help="Requests per KEY_RATE_LIMIT_WINDOW for this key; none: KEY_RATE_LIMIT_REQUESTS."),
+        click.option("--budget", type=BUDGET,
+                     help="Euros the key may spend per budget period, then refused (429); none: no budget."),
+        click.option("--budget-period", type=click.Choice(spend.PERIODS),
+                     help="The budget's calendar period in UTC, weeks from Monday [default: month]."),
+        click.option("--models", type=MODELS,
+                     help="The only models the key may use, separated by commas; none: every model."),
+        click.option("--tpm", type=TPM, help="Tokens per minute the key may use; none: no limit."),
+    )):
+        command = option(command)
+    return command
 
 
 class Day(click.ParamType):
@@ -132,7 +192,8 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
-def _key_json(key, now: datetime) -> dict:
+def _key_json(key, now: datetime, spent: tuple[spend.Period, float]) -> dict:
+    period, eur = spent
     return {
         "key_id": key.key_id,
         "name": key.name,
@@ -145,6 +206,12 @@ def _key_json(key, now: datetime) -> dict:
         "last_used_at": _iso(key.last_used_at),
         "rate_limit": key.rate_limit,
         "source": key.source,
+        "budget_eur": key.budget_eur,
+        "budget_period": key.budget_period,
+        "models": list(keys.allowed_models(key)),  # empty: every model
+        "tpm": key.tpm,
+        # The budget's period, or the month for a key without a budget.
+        "spend": {"period": period.name, "start": _iso(period.start), "end": _iso(period.end), "eur": eur},
     }
 
 
@@ -164,27 +231,80 @@ def _show_new_secret(key_id: str, plaintext: str, as_json: bool, what: str) -> N
     click.secho("It is shown only this once and cannot be recovered: store it now.", fg="yellow")
 
 
+def _given(**values) -> dict:
+    """The settings given, `none` turned into None."""
+    given = {field: value for field, value in values.items() if value is not None}
+    return {field: None if value is CLEARED else value for field, value in given.items()}
+
+
 @cli.command()
 @click.option("--name", required=True, help="Who or what uses the key, e.g. 'n8n production'.")
-@click.option(
-    "--expires", type=Expiry(), help="Expiry: a date (valid through that day, UTC) or an ISO date-time."
-)
-@click.option(
-    "--rate-limit",
-    type=click.IntRange(min=1),
-    help="Requests per KEY_RATE_LIMIT_WINDOW for this key [default: KEY_RATE_LIMIT_REQUESTS].",
-)
+@setting_options
 @json_option
 @pass_db
-def create(state: State, name: str, expires: datetime | None, rate_limit: int | None, as_json: bool) -> None:
+def create(state: State, name: str, as_json: bool, budget_period: str | None, **values) -> None:
     """Create a key and print it, once."""
+    if budget_period and values["budget"] in (None, CLEARED):
+        raise click.BadParameter("a period needs a budget: give --budget too", param_hint="--budget-period")
+    settings = _given(
+        expires_at=values["expires"], rate_limit=values["rate_limit"], budget_eur=values["budget"],
+        budget_period=budget_period, models=values["models"], tpm=values["tpm"],
+    )
     try:
-        key, plaintext = keys.create_key(
-            name, expires_at=expires, rate_limit=rate_limit, source="cli", by=CLI_ADDR
-        )
+        key, plaintext = keys.create_key(name, source="cli", by=CLI_ADDR, **settings)
     except ValueError as exc:
+        # Every other setting was checked by its option's type, with the same rules.
         raise click.BadParameter(str(exc), param_hint="--name") from None
     _show_new_secret(key.key_id, plaintext, as_json, "Created key")
+
+
+def _shown(key, field: str) -> str:
+    """A setting as `update` reports it."""
+    if field == "models":
+        return ",".join(keys.allowed_models(key)) or "every model"
+    return keys.describe(getattr(key, field))
+
+
+@cli.command()
+@click.argument("key_id")
+@click.option("--name", help="A new name.")
+@setting_options
+@json_option
+@pass_db
+def update(state: State, key_id: str, name: str | None, as_json: bool, budget_period: str | None,
+           **values) -> None:
+    """Change a key's settings; `none` clears one (--budget none clears its period too)."""
+    before = keys.get_key(key_id)
+    changes = _given(name=name, expires_at=values["expires"], rate_limit=values["rate_limit"],
+                     models=values["models"], tpm=values["tpm"])
+    budget = values["budget"]
+    if budget is CLEARED:
+        if budget_period:
+            raise click.BadParameter(
+                "--budget none clears the budget and its period", param_hint="--budget-period"
+            )
+        changes.update(budget_eur=None, budget_period=None)
+    elif budget is not None:
+        changes.update(_given(budget_eur=budget, budget_period=budget_period))
+    elif budget_period:
+        if before.budget_eur is None:
+            raise click.BadParameter("the key has no budget: give --budget too", param_hint="--budget-period")
+        changes["budget_period"] = budget_period
+    if not changes:
+        raise click.UsageError("nothing to change: give at least one setting (see --help)")
+    try:
+        after = keys.update(key_id, by=CLI_ADDR, **changes)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--name") from None
+    changed = [field for field in keys.FIELD_RULES if getattr(after, field) != getattr(before, field)]
+    if as_json:
+        spent = key_history.spend_this_period([after], utcnow())[after.key_id]
+        click.echo(json.dumps({**_key_json(after, utcnow(), spent), "changed": changed}, indent=2))
+    elif changed:
+        shown = ", ".join(f"{field}={_shown(after, field)}" for field in changed)
+        click.echo(f"Updated {key_id}: {shown}.")
+    else:
+        click.echo(f"Nothing changed for {key_id}: it has these settings already.")
 
 
 @cli.command("list")
@@ -194,8 +314,9 @@ def list_(state: State, as_json: bool) -> None:
     """List every key (never the key itself: it is not stored)."""
     now = utcnow()
     found = keys.list_keys()
+    spent = key_history.spend_this_period(found, now)
     if as_json:
-        click.echo(json.dumps([_key_json(key, now) for key in found], indent=2))
+        click.echo(json.dumps([_key_json(key, now, spent[key.key_id]) for key in found], indent=2))
         return
     if not found:
         click.echo("No keys yet: create one with `create --name NAME`.")
@@ -207,6 +328,10 @@ def list_(state: State, as_json: bool) -> None:
         "STATUS",
         "EXPIRES (UTC)",
         "RATE LIMIT",
+        "BUDGET EUR",
+        "SPENT EUR",
+        "MODELS",
+        "TPM",
         "LAST USED (UTC)",
         "SOURCE",
     ]
@@ -218,6 +343,10 @@ def list_(state: State, as_json: bool) -> None:
             keys.key_status(key, now),
             _when(key.expires_at),
             key.rate_limit or "default",
+            f"{key.budget_eur:g}/{key.budget_period}" if key.budget_eur is not None else "-",
+            f"{spent[key.key_id][1]:.4f} this {spent[key.key_id][0].name}",
+            ",".join(keys.allowed_models(key)) or "all",
+            key.tpm or "-",
             _when(key.last_used_at),
             key.source,
         ]

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from scripts.manage_keys import cli
-from storage import audit, config, keys, usage
+from storage import audit, config, keys, spend, usage
 from storage.db import close_database, open_database, revision
 from storage.usage import UsageRecord
 
@@ -302,3 +302,151 @@ def test_runs_as_a_script(tmp_path, db_path):
     )
     assert run.returncode == 0, run.stderr
     assert set(json.loads(run.stdout)) == {"key_id", "api_key"}
+
+
+def test_create_with_budget_models_and_token_limit(run):
+    key_id = create(run, "--name", "capped", "--budget", "12.5", "--budget-period", "week",
+                    "--models", "gpt-oss-120b, gemma-3-27b", "--tpm", "5000")["key_id"]
+    key = keys.get_key(key_id)
+    assert (key.budget_eur, key.budget_period, key.tpm) == (12.5, "week", 5000)
+    assert keys.allowed_models(key) == ("gpt-oss-120b", "gemma-3-27b")
+    (entry,) = audit.recent()
+    assert entry.client_addr == "cli"
+    assert entry.detail.endswith(
+        "budget_eur=12.5 budget_period='week' models='[\"gpt-oss-120b\", \"gemma-3-27b\"]' tpm=5000"
+    )
+    # A budget without a period is a monthly one.
+    assert keys.get_key(create(run, "--name", "monthly", "--budget", "3")["key_id"]).budget_period == "month"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--budget", "0"], "Invalid value for '--budget': a number of euros above 0"),
+        (["--budget", "lots"], "'lots' is not a number"),
+        (["--budget", "inf"], "a number of euros above 0"),
+        (["--budget-period", "year"], "'year' is not one of 'day', 'week', 'month'"),
+        (["--budget-period", "week"], "a period needs a budget: give --budget too"),
+        (["--budget", "none", "--budget-period", "week"], "a period needs a budget"),
+        (["--tpm", "0"], "Invalid value for '--tpm'"),
+        (["--tpm", "1.5"], "'1.5' is not a whole number"),
+        (["--models", "gpt oss"], "'gpt oss' is not a model name"),
+        (["--models", " , "], "model ids separated by commas, or none"),
+        (["--rate-limit", "ten"], "'ten' is not a whole number"),
+    ],
+)
+def test_create_refuses_bad_limits(run, args, message):
+    result = run("create", "--name", "x", *args)
+    assert result.exit_code == 2
+    assert message in result.output
+    assert keys.list_keys() == []
+
+
+def test_update_changes_and_audits_only_what_differs(run):
+    key_id = create(run, "--name", "k", "--budget", "5", "--budget-period", "week")["key_id"]
+    result = run("update", key_id, "--budget", "5", "--tpm", "800", "--models", "gpt-oss-120b")
+    assert result.exit_code == 0, result.output
+    assert result.output == f"Updated {key_id}: models=gpt-oss-120b, tpm=800.\n"
+    assert audit.recent(1)[0].detail == f"key_id={key_id} models='[\"gpt-oss-120b\"]' tpm=800"
+    assert audit.recent(1)[0].client_addr == "cli"
+    # The budget keeps its period when only the amount changes; the period alone can change too.
+    run("update", key_id, "--budget", "7.5")
+    run("update", key_id, "--budget-period", "day")
+    key = keys.get_key(key_id)
+    assert (key.budget_eur, key.budget_period) == (7.5, "day")
+    assert run("update", key_id, "--name", "renamed").output == f"Updated {key_id}: name='renamed'.\n"
+
+
+def test_update_clears_with_none(run):
+    key_id = create(run, "--name", "k", "--budget", "5", "--models", "a,b", "--tpm", "9", "--rate-limit", "3",
+                    "--expires", "2099-01-01")["key_id"]
+    document = json.loads(run("update", key_id, "--budget", "none", "--models", "none", "--tpm", "NONE",
+                              "--rate-limit", "none", "--expires", "none", "--json").stdout)
+    key = keys.get_key(key_id)
+    cleared = (key.budget_eur, key.budget_period, key.models, key.tpm, key.rate_limit, key.expires_at)
+    assert cleared == (None,) * 6
+    assert document["changed"] == ["expires_at", "rate_limit", "budget_eur", "budget_period", "models", "tpm"]
+    assert (document["budget_eur"], document["models"], document["spend"]["period"]) == (None, [], "month")
+    assert audit.recent(1)[0].detail == (
+        f"key_id={key_id} expires_at=none rate_limit=none models=none tpm=none "
+        "budget_eur=none budget_period=none"
+    )
+
+
+def test_update_with_the_same_values_writes_nothing(run):
+    key_id = create(run, "--name", "k", "--tpm", "100")["key_id"]
+    result = run("update", key_id, "--tpm", "100", "--name", "k")
+    assert result.exit_code == 0 and "Nothing changed" in result.output
+    assert [e.action for e in audit.recent()] == ["key.created"]
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        ([], 2, "nothing to change"),
+        (["--budget-period", "week"], 2, "the key has no budget: give --budget too"),
+        (["--budget", "none", "--budget-period", "week"], 2, "--budget none clears the budget and its"),
+        (["--tpm", "-1"], 2, "Invalid value for '--tpm'"),
+        (["--name", "  "], 2, "name: must not be empty"),
+        (["--expires", "2001-01-01"], 2, "already past"),
+    ],
+)
+def test_update_refuses(run, args, code, message):
+    key_id = create(run, "--name", "k")["key_id"]
+    result = run("update", key_id, *args)
+    assert (result.exit_code, message in result.output) == (code, True), result.output
+    assert [e.action for e in audit.recent()] == ["key.created"]
+
+
+def test_update_unknown_key(run):
+    result = run("update", "key_doesnotexist", "--tpm", "5")
+    assert result.exit_code == 1 and "no API key with id 'key_doesnotexist'" in result.output
+
+
+def test_list_shows_limits_and_this_periods_spend(run):
+    capped = create(run, "--name", "capped", "--budget", "2", "--budget-period", "week", "--models", "m1,m2",
+                    "--tpm", "1500")["key_id"]
+    plain = create(run, "--name", "plain")["key_id"]
+    now = datetime.now(UTC)
+    week = spend.period_at("week", now)
+    chat = "/v1/chat/completions"
+    usage.record_batch([
+        UsageRecord(now, capped, chat, "m1", 200, cost_eur=0.25),
+        UsageRecord(week.start - timedelta(seconds=1), capped, chat, "m1", 200, cost_eur=1.0),  # last week
+        UsageRecord(now, plain, chat, "m1", 200, cost_eur=0.5),
+    ])
+    lines = run("list").output.splitlines()
+    assert all(title in lines[0] for title in ("BUDGET EUR", "SPENT EUR", "MODELS", "TPM"))
+    capped_line = next(line for line in lines if line.startswith(capped))
+    plain_line = next(line for line in lines if line.startswith(plain))
+    assert "2/week" in capped_line and "0.2500 this week" in capped_line
+    assert "m1,m2" in capped_line and "1500" in capped_line
+    assert "0.5000 this month" in plain_line and " all " in plain_line
+    listed = {k["key_id"]: k for k in json.loads(run("list", "--json").stdout)}
+    assert listed[capped]["spend"] == {
+        "period": "week", "start": week.start.isoformat(), "end": week.end.isoformat(), "eur": 0.25,
+    }
+    assert (listed[capped]["budget_eur"], listed[capped]["models"], listed[capped]["tpm"]) == (
+        2.0, ["m1", "m2"], 1500
+    )
+    assert (listed[plain]["budget_eur"], listed[plain]["models"], listed[plain]["spend"]["period"]) == (
+        None, [], "month"
+    )
+    assert listed[plain]["spend"]["eur"] == 0.5
+
+
+def test_update_runs_as_a_script(tmp_path, db_path):
+    url = f"sqlite:///{db_path}"
+    key, _ = keys.create_key("s")
+    script = ROOT / "scripts" / "manage_keys.py"
+    run = subprocess.run(
+        [sys.executable, str(script), "--database-url", url, "update", key.key_id, "--budget", "9",
+         "--budget-period", "day", "--json"],
+        capture_output=True, text=True, timeout=30, cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr
+    document = json.loads(run.stdout)
+    assert (document["budget_eur"], document["budget_period"], document["changed"]) == (
+        9.0, "day", ["budget_eur", "budget_period"]
+    )
+    assert (keys.get_key(key.key_id).budget_eur, audit.recent(1)[0].client_addr) == (9.0, "cli")
