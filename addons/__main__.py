@@ -13,6 +13,8 @@ from mitmproxy import exceptions, options
 from mitmproxy.addons import core, errorcheck, next_layer, proxyserver
 from mitmproxy.master import Master
 
+from addons import resources
+from addons.connections import ClientConnections
 from addons.gateway import Gateway
 from addons.tls import CIPHERS_TLS12, OperatorCertificates
 from storage import config
@@ -43,13 +45,23 @@ def mitmproxy_options(s: config.Settings) -> dict:
         "body_size_limit": f"{s.max_body_mb}m",
         "ciphers_client": CIPHERS_TLS12,
         "confdir": str(s.data_dir / ".mitmproxy"),
+        # mitmproxy's own inactivity timeout, now only for connections with a request in progress
+        # (addons/connections.py closes the others): after ours, which answer and meter.
+        "tcp_timeout": int(max(s.upstream_timeout, s.upstream_idle_timeout)) + 30,
     } | ({"ssl_verify_upstream_trusted_ca": str(s.upstream_ca_file)} if s.upstream_ca_file else {})
+
+
+def client_connections(s: config.Settings) -> ClientConnections:
+    # Behind a trusted proxy every connection comes from its address: no cap per address then.
+    per_client = None if s.trust_proxy else s.max_connections_per_client
+    return ClientConnections(per_client, s.client_idle_timeout, s.header_timeout)
 
 
 async def serve(s: config.Settings) -> int:
     master = Master(options.Options(), with_termlog=False)
     gateway = Gateway(s)
     master.addons.add(*engine_addons(), gateway)
+    master.addons.add(client_connections(s))
     master.options.update(**mitmproxy_options(s))
     await gateway.health.probe()  # so that /health is right from the first request
     # Everything loaded so far lives as long as the process: keep it out of the garbage
@@ -88,6 +100,10 @@ def main() -> int:
     log.addHandler(ours)
     log.propagate = False
     logging.getLogger("mitmproxy").setLevel(logging.WARNING)
+    quiet = resources.ResourceErrorFilter()  # out of files: one line a second, not 1.5 MB
+    for handler in (*logging.getLogger().handlers, ours):
+        handler.addFilter(quiet)
+    log.info("open files: %d", resources.raise_open_file_limit())
     try:
         settings = config.load()
         return asyncio.run(serve(settings))

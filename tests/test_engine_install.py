@@ -79,6 +79,10 @@ CHANGES = {
         engine.UPLOADS_PATCH,
         lambda mp: mp.delattr(HttpStream, "state_stream_request_body"),
     ),
+    "a connection's transport no longer names the task reading it": (
+        engine.CLIENTS_PATCH,
+        lambda mp: mp.delitem(server.ConnectionIO.__annotations__, "handler"),
+    ),
     "the connection reading task takes other arguments": (
         engine.CLOSING_PATCH,
         lambda mp: mp.setattr(server.ConnectionHandler, "handle_connection", _read_with_more),
@@ -136,3 +140,18 @@ def test_the_launcher_starts_with_every_patch(start_gateway):
         "admin_unavailable",
     )
     assert "Addon error" not in gateway.proc.log() and "does not fit" not in gateway.proc.log()
+
+
+def test_the_event_loop_refuses_a_changed_asyncio(monkeypatch):
+    """The accept loop the gateway's EventLoop repeats (addons/resources.py) is checked the same way."""
+    from asyncio import selector_events
+
+    from addons import resources
+
+    resources.check_event_loop()
+    monkeypatch.setattr(
+        selector_events.BaseSelectorEventLoop, "_accept_connection", lambda self, protocol_factory, sock: None
+    )
+    with pytest.raises(resources.AsyncioMismatch) as caught:
+        resources.check_event_loop()
+    assert "_accept_connection" in str(caught.value)

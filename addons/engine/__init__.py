@@ -21,6 +21,9 @@
 7. Streamed bodies over the limit (uploads.py). A `flow.request.stream` callable had no way to
    end a request: it raises `BodyTooLarge`, and the request ends with a 413 as a held body over
    mitmproxy's limit does; uploads of unknown size are then streamed instead of held.
+8. Client connection activity (clients.py, reads only). Whether a client connection has a
+   request in progress, is between requests, or is slow to send a head, as the gateway's idle
+   and header timeouts need to know (addons/connections.py); checked like the patches.
 
 Pinned to mitmproxy 12.2 (requirements.txt). `install` first checks that every target is there
 and has the shape these patches expect, and stops start-up with `EngineMismatch` naming the patch
@@ -30,16 +33,19 @@ running with HTML errors, a 5-connection cap or no timeout.
 Proofs: tests/test_gateway_tls.py (1), tests/test_gateway_errors.py and
 tests/test_gateway_engine_errors.py (2, on HTTP/1.1 and HTTP/2), tests/test_gateway_errors.py and
 tests/test_gateway_upstream_tls.py (3, http and https upstreams), tests/test_engine_install.py
-(the checks), tests/test_gateway_memory.py (4 to 7).
+(the checks), tests/test_gateway_memory.py (4 to 7),
+tests/test_gateway_connections.py (5, 8).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from addons.engine import closing, early, handlers, heads, rendering, timeout, uploads
+from addons.engine import clients, closing, early, handlers, heads, rendering, timeout, uploads
 from addons.engine._checks import EngineMismatch
-from addons.engine.handlers import MAX_UPSTREAM_CONNECTIONS_PER_CLIENT
+from addons.engine.clients import Activity, activity
+from addons.engine.clients import close as close_client
+from addons.engine.handlers import MAX_UPSTREAM_CONNECTIONS_PER_CLIENT, live_handlers
 from addons.engine.rendering import SERVER_HEADER
 from addons.engine.timeout import TIMEOUT_MESSAGE, Outcome, end_with_timeout
 from addons.engine.uploads import BodyTooLarge
@@ -51,12 +57,20 @@ HEADS_PATCH = heads.PATCH
 CLOSING_PATCH = closing.PATCH
 EARLY_PATCH = early.PATCH
 UPLOADS_PATCH = uploads.PATCH
+CLIENTS_PATCH = clients.PATCH  # reads only: nothing to patch
 
 # In the order they are checked and applied.
 _PATCHES = (handlers, rendering, timeout, heads, closing, early, uploads)
+# Internals read without patching: checked all the same.
+_READS = (clients,)
 _installed = False
 
 __all__ = [
+    "CLIENTS_PATCH",
+    "Activity",
+    "activity",
+    "close_client",
+    "live_handlers",
     "CLOSING_PATCH",
     "CONNECTIONS_PATCH",
     "EARLY_PATCH",
@@ -90,5 +104,5 @@ def install(render_error: Callable[[int, str], tuple[int, bytes]]) -> None:
 
 def check_targets() -> None:
     """Raise EngineMismatch unless every patched or relied-on part of mitmproxy is as expected."""
-    for module in _PATCHES:
+    for module in (*_PATCHES, *_READS):
         module.check()
