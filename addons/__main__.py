@@ -106,7 +106,8 @@ def main() -> int:
     log.info("open files: %d", resources.raise_open_file_limit())
     try:
         settings = config.load()
-        return asyncio.run(serve(settings))
+        resources.check_event_loop()
+        return asyncio.run(serve(settings), loop_factory=resources.EventLoop)
     except (config.ConfigError, exceptions.OptionsError) as e:
         print(f"gateway: configuration error: {e}", file=sys.stderr)
         return 2
