@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import re
+import secrets
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,13 +22,17 @@ from addons.usage import (
     usage_from_large_body,
     usage_from_object,
 )
-from storage import prices
+from storage import prices, untrusted
 from storage.usage import UsageRecord
 
 META = "gateway"  # our namespace in flow.metadata
 # The `model` field of a multipart upload, looked for only in its first bytes.
 MULTIPART_MODEL = re.compile(rb'name="model"\r\n(?:[^\r\n]*\r\n)*?\r\n([^\r\n]{1,200})\r\n')
 MULTIPART_HEAD_BYTES = 64 * 1024
+# Every request's number, unique across restarts (a random start in [0, 2**62), counting up), so
+# that a row the writer replays from its journal is stored once (usage.uid). Two runs share a
+# number with a chance of about 1 in 2**62 / (requests of both): none in practice.
+_UIDS = itertools.count(secrets.randbits(62))
 
 
 @dataclass(slots=True)
@@ -42,6 +48,7 @@ class RequestInfo:
     strip_usage_chunk: bool = False
     tap: SseUsageTap | None = None
     finished: bool = False
+    uid: int = field(default_factory=lambda: next(_UIDS))
     _upload_head: bytes = b""
 
     def count_upload(self, chunk: bytes) -> bytes:
@@ -76,6 +83,7 @@ class Finished(NamedTuple):
     duration_ms: int
     metered: bool  # an API request with a known key: it gets a usage row
     body: bytes | None = None  # a JSON answer whose usage is still to read; dropped once read
+    uid: int | None = None  # RequestInfo.uid
 
     def with_body_read(self) -> Finished:
         """Usage and model from the answer's body, read on the writer thread, off the event loop."""
@@ -113,12 +121,14 @@ def finished(
         info.duration_ms(),
         metered,
         body,
+        info.uid,
     )
 
 
 def make_record(f: Finished, price_table: dict[str, prices.PriceRow]) -> UsageRecord:
     usage = f.usage or Usage()
-    price, is_default = prices.price_for(price_table, f.model or "")
+    model = untrusted.model_name(f.model)  # the client chose it: see storage/untrusted.py
+    price, is_default = prices.price_for(price_table, model)
     cost = prices.cost_eur(
         price,
         prompt_tokens=usage.prompt_tokens,
@@ -134,7 +144,7 @@ def make_record(f: Finished, price_table: dict[str, prices.PriceRow]) -> UsageRe
         ts=datetime.fromtimestamp(f.ts, UTC),
         key_id=f.key_id,
         endpoint=f.endpoint,
-        model=f.model or "",
+        model=model,
         status=f.status,
         prompt_tokens=usage.prompt_tokens,
         completion_tokens=usage.completion_tokens,
@@ -146,7 +156,8 @@ def make_record(f: Finished, price_table: dict[str, prices.PriceRow]) -> UsageRe
         duration_ms=f.duration_ms,
         streamed=f.streamed,
         complete=f.complete,
-        default_price=is_default and bool(f.model) and cost > 0,
+        default_price=is_default and bool(model) and cost > 0,
+        uid=f.uid,
     )
 
 
@@ -156,10 +167,19 @@ def _second(second: int) -> str:
 
 
 def access_line(f: Finished) -> str:
-    """The request's log line: method, path, status, key id, model, tokens, duration. Never a key."""
+    """The request's log line: method, path, status, key id, model, tokens, duration. Never a key.
+
+    What the client chose (the method, the model name) is escaped and the model cut to
+    MAX_MODEL_CHARS: a newline in it cannot start a line of its own, an escape sequence cannot
+    reach a terminal, and a 2 MB name does not make a 2 MB line. The key id is ours, but a
+    keys file may have named it: escaped too.
+    """
     stamp = f"{_second(int(f.ts))},{int(f.ts * 1000) % 1000:03d}"
     tokens = f.usage.total_tokens if f.usage else 0
+    # Spaces too: the fields of the line are separated by them.
+    model = untrusted.escape(f.model, untrusted.MAX_MODEL_CHARS).replace(" ", "\\x20") if f.model else "-"
+    key = untrusted.escape(f.key_id) if f.key_id else "-"
     return (
-        f"{stamp} INFO gateway: {f.method} {f.endpoint} {f.status} key={f.key_id or '-'} "
-        f"model={f.model or '-'} tokens={tokens} {f.duration_ms}ms{'' if f.complete else ' interrupted'}\n"
+        f"{stamp} INFO gateway: {untrusted.escape(f.method)} {f.endpoint} {f.status} key={key} "
+        f"model={model} tokens={tokens} {f.duration_ms}ms{'' if f.complete else ' interrupted'}\n"
     )

@@ -18,12 +18,13 @@ ROOT = str(Path(__file__).resolve().parent.parent)
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from storage import config, key_history, keys, keys_file, spend, usage  # noqa: E402
+from storage import config, key_history, keys, keys_file, spend, untrusted, usage  # noqa: E402
 from storage.db import DatabaseMissing, close_database, open_database  # noqa: E402
 from storage.models import utcnow  # noqa: E402
 
 # What the audit log shows as the client address of a change made here.
 CLI_ADDR = "cli"
+CELL_CHARS = untrusted.MAX_MODEL_CHARS  # the most of one value a table shows
 
 
 @dataclass
@@ -216,7 +217,9 @@ def _key_json(key, now: datetime, spent: tuple[spend.Period, float]) -> dict:
 
 
 def _table(headers: list[str], rows: list[list]) -> str:
-    cells = [headers, *([str(cell) for cell in row] for row in rows)]
+    # Every cell escaped and cut: a model name is a client's choice, and a key name stored before
+    # names were checked may hold anything; neither may drive the operator's terminal.
+    cells = [headers, *([untrusted.escape(cell, CELL_CHARS) for cell in row] for row in rows)]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     return "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
@@ -412,7 +415,7 @@ def import_(state: State, file: Path, as_json: bool) -> None:
     database once; key_ids already stored are skipped. (API_KEYS_FILE is the file the gateway follows.)"""
     result = keys_file.copy_in(file, by=CLI_ADDR)
     for warning in result.warnings:
-        click.echo(f"warning: {warning}", err=True)
+        click.echo(f"warning: {untrusted.escape(warning)}", err=True)
     if as_json:
         click.echo(json.dumps(result.counts()))
     else:
