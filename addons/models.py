@@ -11,7 +11,8 @@ held whole instead, like a JSON body: at most MAX_BODY_MB, and counted in BODY_M
 that names no model is refused too: the upstream would pick one.
 
 GET /v1/models/{id} is asked of the upstream as GET /v1/models, and the entry picked from the
-list: privatemode-proxy has no such route, and the list is the one place that says what exists.
+list: not every OpenAI-compatible server has the route, and the list is what a key's models are
+picked from anyway.
 """
 
 from __future__ import annotations

@@ -32,8 +32,8 @@ from storage import spend
 
 log = logging.getLogger("gateway.quota")
 KEY = "gateway.key"  # flow.metadata: the KeyEntry the request was admitted with
-# Sums of float costs can land a hair under a budget they meet exactly (0.1 + 0.2 < 0.3 fails
-# the other way round): spend within a billionth of the budget has reached it.
+# A sum of float costs can land a hair under the budget it meets (0.037 three times is
+# 0.11099999999999999, not 0.111): spend within a billionth of the budget has reached it.
 REACHED = 1 - 1e-9
 ADJECTIVE = {"day": "daily", "week": "weekly", "month": "monthly"}
 _RATE_LIMIT_HEADER = b"x-ratelimit-"
