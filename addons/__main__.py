@@ -16,10 +16,12 @@ from mitmproxy.master import Master
 from addons import resources
 from addons.connections import ClientConnections
 from addons.gateway import Gateway
+from addons.running import RunningStreams, cut_connections
 from addons.tls import CIPHERS_TLS12, OperatorCertificates
-from storage import config
+from storage import config, untrusted
 
 log = logging.getLogger("gateway")
+CUT_SECONDS = 5.0  # for mitmproxy to report the requests cut at SHUTDOWN_TIMEOUT
 
 
 def engine_addons() -> list:
@@ -60,7 +62,9 @@ def client_connections(s: config.Settings) -> ClientConnections:
 async def serve(s: config.Settings) -> int:
     master = Master(options.Options(), with_termlog=False)
     gateway = Gateway(s)
-    master.addons.add(*engine_addons(), gateway)
+    streams = RunningStreams()  # after the gateway: it sees the gateway's SSE tap
+    master.addons.add(*engine_addons(), gateway, streams)
+    gateway.writer.running = streams.rows  # journaled every window: what SIGKILL would lose
     master.addons.add(client_connections(s))
     master.options.update(**mitmproxy_options(s))
     await gateway.health.probe()  # so that /health is right from the first request
@@ -83,6 +87,13 @@ async def serve(s: config.Settings) -> int:
         await asyncio.sleep(0.05)
     if gateway.in_flight:
         log.warning("shutdown timeout: %d request(s) still running are cut off", gateway.in_flight)
+        # Cut them now, not when the event loop ends: mitmproxy then calls the gateway's error
+        # hook for each, which meters it as interrupted with the last usage seen, before the
+        # done hook flushes the writer.
+        cut_connections(master.addons.get("proxyserver"))
+        deadline = time.monotonic() + CUT_SECONDS
+        while gateway.in_flight > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
     master.shutdown()
     await run  # the done hook flushes the usage writer
     log.info("stopped")
@@ -90,7 +101,8 @@ async def serve(s: config.Settings) -> int:
 
 
 def main() -> int:
-    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Escaping: a client's string quoted in any record cannot forge a line (storage/untrusted.py).
+    formatter = untrusted.EscapingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     logging.getLogger().handlers[0].setFormatter(formatter)
     # mitmproxy turns every record that reaches the root logger into a hook call on every addon;

@@ -7,6 +7,7 @@ import logging
 import ssl
 import time
 
+from addons.writer import Status
 from storage import db
 
 log = logging.getLogger("gateway.health")
@@ -65,11 +66,21 @@ class Health:
                 log.exception("health probe failed")
             await asyncio.sleep(PROBE_SECONDS)
 
-    def report(self, writer_error: str | None) -> tuple[int, dict]:
-        healthy = self.upstream_ok and self.database_ok and writer_error is None
-        return (200 if healthy else 503), {
-            "status": "ok" if healthy else "degraded",
+    def report(self, writer: Status) -> tuple[int, dict]:
+        """200 while the gateway serves and keeps every usage row; 503 when it cannot serve (the
+        upstream does not answer) or new usage rows are being lost (memory full, journal failing).
+
+        A database that cannot be written is "degraded" but 200: requests are served and their
+        rows wait in memory and in the journal (addons/writer.py) until it works again; a health
+        check that restarted the container for it would help nothing and stop the service.
+        """
+        database_ok = self.database_ok and writer.error is None
+        serving = self.upstream_ok and not writer.losing
+        well = serving and database_ok and not writer.journaled
+        return (200 if serving else 503), {
+            "status": "ok" if well else "degraded",
             "upstream": "ok" if self.upstream_ok else "unreachable",
-            "database": "ok" if self.database_ok and writer_error is None else "not writable",
+            "database": "ok" if database_ok else "not writable",
+            "usage": {"waiting": writer.waiting, "journaled": writer.journaled, "lost": writer.lost},
             "checked_at": round(self.checked_at, 3),
         }
