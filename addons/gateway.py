@@ -77,7 +77,7 @@ class Gateway:
         log.info("rate limits in force: %s", load_limits(defaults).describe())
         self.quota.load()
         self.writer = UsageWriter(lambda: self.live.snapshot.prices)
-        self.timeouts = UpstreamTimeouts(s.upstream_timeout)
+        self.timeouts = UpstreamTimeouts(s.upstream_timeout, s.upstream_idle_timeout)
         self.bodies = BodyBudget(s.body_memory_mb * 1024 * 1024)
         self.upstream_host = "{}:{}".format(*s.upstream_address)
         self.health = Health(s.upstream_address, upstream_tls_context(s) if s.upstream_tls else None)
@@ -209,6 +209,8 @@ class Gateway:
         if "text/event-stream" in response.headers.get("content-type", ""):
             info.tap = SseUsageTap(strip_usage_only_chunk=info.strip_usage_chunk)
             response.stream = info.tap
+        if response.raw_content is None:  # the upstream's body is to come (not one of our answers)
+            self.timeouts.answer_started(flow, info.tap)
 
     def response(self, flow: http.HTTPFlow) -> None:
         _add_hsts(flow)  # answers the gateway makes itself pass here only

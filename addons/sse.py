@@ -45,6 +45,7 @@ class SseUsageTap:
         self._cr_ended_event = False  # ...and that CR ended the blank line of an event
         self._dropped_last = False
         self._started = False
+        self.received = 0  # bytes of the stream so far: how UPSTREAM_IDLE_TIMEOUT sees it move
 
     @property
     def usage(self) -> Usage | None:
@@ -83,6 +84,7 @@ class SseUsageTap:
     def __call__(self, chunk: bytes) -> bytes | list[bytes]:
         if not chunk:
             return self._finish()
+        self.received += len(chunk)
         strip = self.strip_usage_only_chunk
         out: list[bytes] = []
         pos = seg = 0  # pos: start of the current line; seg: start of the current event in chunk

@@ -63,6 +63,10 @@ CHANGES = {
         engine.TIMEOUT_PATCH,
         lambda mp: mp.delattr(HttpStream, "state_wait_for_response_headers"),
     ),
+    "HttpStream no longer keeps the answer's body it holds in response_body_buf": (
+        engine.TIMEOUT_PATCH,
+        lambda mp: mp.delitem(HttpStream.__annotations__, "response_body_buf"),
+    ),
     "the HTTP/1 wait state takes other arguments": (
         engine.HEADS_PATCH,
         lambda mp: mp.setattr(_http1.Http1Connection, "wait", lambda self, event, more: None),

@@ -9,7 +9,8 @@
    raw errno text; they are rendered with our status, JSON and server header on both protocols.
 3. Upstream timeout (timeout.py). mitmproxy has no upstream read timeout: `end_with_timeout`
    hands a request still waiting for its upstream a 504 through the normal hooks, above TLS, and
-   lets go of the upstream connection.
+   lets go of the upstream connection; `end_stalled` ends an answer whose upstream went quiet
+   after its headers (a 504 if the client has had nothing yet, else the stream broken off).
 4. Request head size (heads.py). mitmproxy reads an HTTP/1 head however long it is, and h2 holds
    an unended HTTP/2 header block of up to 8 MB: past 64 KB, the client gets a 431 (HTTP/1) or
    the connection ends (HTTP/2), while the head arrives.
@@ -30,11 +31,11 @@ and has the shape these patches expect, and stops start-up with `EngineMismatch`
 and the mitmproxy version otherwise: a patch that silently does not apply would leave the gateway
 running with HTML errors, a 5-connection cap or no timeout.
 
-Proofs: tests/test_gateway_tls.py (1), tests/test_gateway_errors.py and
-tests/test_gateway_engine_errors.py (2, on HTTP/1.1 and HTTP/2), tests/test_gateway_errors.py and
-tests/test_gateway_upstream_tls.py (3, http and https upstreams), tests/test_engine_install.py
-(the checks), tests/test_gateway_memory.py (4 to 7),
-tests/test_gateway_connections.py (5, 8).
+Proofs: tests/test_gateway_tls.py (1); tests/test_gateway_errors.py and
+tests/test_gateway_engine_errors.py (2, on HTTP/1.1 and HTTP/2); tests/test_gateway_errors.py,
+tests/test_gateway_upstream_tls.py and tests/test_gateway_stalls.py (3, http and https
+upstreams); tests/test_gateway_memory.py (4 to 7); tests/test_gateway_connections.py (5, 8);
+tests/test_engine_install.py (the checks).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from addons.engine.clients import Activity, activity
 from addons.engine.clients import close as close_client
 from addons.engine.handlers import MAX_UPSTREAM_CONNECTIONS_PER_CLIENT, live_handlers
 from addons.engine.rendering import SERVER_HEADER
-from addons.engine.timeout import TIMEOUT_MESSAGE, Outcome, end_with_timeout
+from addons.engine.timeout import TIMEOUT_MESSAGE, Outcome, end_stalled, end_with_timeout, held_answer_bytes
 from addons.engine.uploads import BodyTooLarge
 
 CONNECTIONS_PATCH = handlers.PATCH
@@ -85,7 +86,9 @@ __all__ = [
     "EngineMismatch",
     "Outcome",
     "check_targets",
+    "end_stalled",
     "end_with_timeout",
+    "held_answer_bytes",
     "install",
 ]
 
