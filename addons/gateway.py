@@ -61,6 +61,7 @@ class Gateway:
         self.tls: CertificateBundle | None = None
         self._first_bundle: Path | None = None
         self._tls_task: asyncio.Task | None = None
+        self._admin_address = ""  # as mitmproxy's connect errors name it: see load()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -83,7 +84,7 @@ class Gateway:
         self.health = Health(s.upstream_address, upstream_tls_context(s) if s.upstream_tls else None)
         # mitmproxy's connect errors name the address as a Python tuple: that is how an
         # unreachable admin is told from an unreachable upstream.
-        admin_address = f"'127.0.0.1', {s.admin_port})"
+        admin_address = self._admin_address = f"'127.0.0.1', {s.admin_port})"
         engine.install(
             lambda status, message: errors.engine_error(status, message, admin_address=admin_address)
         )
@@ -235,7 +236,12 @@ class Gateway:
             return
         self.timeouts.forget(flow)
         self.bodies.release(flow)
-        status = flow.response.status_code if flow.response else 502
+        if flow.response:
+            status = flow.response.status_code
+        else:  # mitmproxy answered by itself: the row says what the client was told
+            message = flow.error.msg if flow.error else ""
+            hint = 413 if "body_size_limit" in message else 502
+            status, _ = errors.engine_error(hint, message, admin_address=self._admin_address)
         usage = info.tap.usage if info.tap else None
         model = (info.tap.model if info.tap else None) or info.model
         self._finish(flow, info, status, usage, model, complete=False)
@@ -253,7 +259,7 @@ class Gateway:
         kind = info.route.kind
 
         if kind is routes.Kind.HEALTH:
-            status, body = self.health.report(self.writer.last_error)
+            status, body = self.health.report(self.writer.status())
             flow.response = errors.json_response(status, body)
             return
         if s.force_https and not self._client_used_https(flow):

@@ -151,11 +151,6 @@ class UsageWriter:
         """Called on the event loop: never blocks."""
         self._pending.append(request)
 
-    @property
-    def last_error(self) -> Status:
-        """The writer's status; named for the gateway's call `health.report(writer.last_error)`."""
-        return self.status()
-
     def status(self) -> Status:
         return Status(
             self._error,
