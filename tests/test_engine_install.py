@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import h2.connection
 import h2.frame_buffer
 import httpx
 import pytest
@@ -28,6 +29,10 @@ def _init_without_cap(self, context) -> None:
 
 def _blocks_elsewhere(self, server: bool = False) -> None:
     self.pending_headers = []
+
+
+def _h2_without_stream_count(self, config=None) -> None:
+    self.incoming_buffer = None
 
 
 async def _read_with_more(self, connection, reader) -> None:
@@ -67,6 +72,10 @@ CHANGES = {
         engine.TIMEOUT_PATCH,
         lambda mp: mp.delitem(HttpStream.__annotations__, "response_body_buf"),
     ),
+    "HttpLayer no longer hands out failed connections' errors itself": (
+        engine.RECONNECT_PATCH,
+        lambda mp: mp.setattr(HttpLayer, "get_connection", lambda self, event, *, reuse=True: iter(())),
+    ),
     "the HTTP/1 wait state takes other arguments": (
         engine.HEADS_PATCH,
         lambda mp: mp.setattr(_http1.Http1Connection, "wait", lambda self, event, more: None),
@@ -83,9 +92,9 @@ CHANGES = {
         engine.UPLOADS_PATCH,
         lambda mp: mp.delattr(HttpStream, "state_stream_request_body"),
     ),
-    "a connection's transport no longer names the task reading it": (
+    "h2 no longer counts the streams a client opened": (
         engine.CLIENTS_PATCH,
-        lambda mp: mp.delitem(server.ConnectionIO.__annotations__, "handler"),
+        lambda mp: mp.setattr(h2.connection.H2Connection, "__init__", _h2_without_stream_count),
     ),
     "the connection reading task takes other arguments": (
         engine.CLOSING_PATCH,

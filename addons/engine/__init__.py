@@ -25,6 +25,9 @@
 8. Client connection activity (clients.py, reads only). Whether a client connection has a
    request in progress, is between requests, or is slow to send a head, as the gateway's idle
    and header timeouts need to know (addons/connections.py); checked like the patches.
+9. Failed upstream connections (reconnect.py). mitmproxy handed a failed upstream connection's
+   error to every later request of the client connection: an HTTP/2 client kept getting 502
+   after the upstream was back. A new connection is made instead.
 
 Pinned to mitmproxy 12.2 (requirements.txt). `install` first checks that every target is there
 and has the shape these patches expect, and stops start-up with `EngineMismatch` naming the patch
@@ -35,6 +38,7 @@ Proofs: tests/test_gateway_tls.py (1); tests/test_gateway_errors.py and
 tests/test_gateway_engine_errors.py (2, on HTTP/1.1 and HTTP/2); tests/test_gateway_errors.py,
 tests/test_gateway_upstream_tls.py and tests/test_gateway_stalls.py (3, http and https
 upstreams); tests/test_gateway_memory.py (4 to 7); tests/test_gateway_connections.py (5, 8);
+tests/test_gateway_upstream_recovery.py (9);
 tests/test_engine_install.py (the checks).
 """
 
@@ -42,7 +46,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from addons.engine import clients, closing, early, handlers, heads, rendering, timeout, uploads
+from addons.engine import clients, closing, early, handlers, heads, reconnect, rendering, timeout, uploads
 from addons.engine._checks import EngineMismatch
 from addons.engine.clients import Activity, activity
 from addons.engine.clients import close as close_client
@@ -59,9 +63,10 @@ CLOSING_PATCH = closing.PATCH
 EARLY_PATCH = early.PATCH
 UPLOADS_PATCH = uploads.PATCH
 CLIENTS_PATCH = clients.PATCH  # reads only: nothing to patch
+RECONNECT_PATCH = reconnect.PATCH
 
 # In the order they are checked and applied.
-_PATCHES = (handlers, rendering, timeout, heads, closing, early, uploads)
+_PATCHES = (handlers, rendering, timeout, heads, closing, early, uploads, reconnect)
 # Internals read without patching: checked all the same.
 _READS = (clients,)
 _installed = False
@@ -77,6 +82,7 @@ __all__ = [
     "EARLY_PATCH",
     "ERRORS_PATCH",
     "HEADS_PATCH",
+    "RECONNECT_PATCH",
     "MAX_UPSTREAM_CONNECTIONS_PER_CLIENT",
     "SERVER_HEADER",
     "TIMEOUT_MESSAGE",
