@@ -183,6 +183,7 @@ class Gateway:
         except Exception:
             log.exception("preparing the request failed; refusing it")
             flow.response = errors.internal_error()
+        info.forwarded = flow.response is None
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         _add_hsts(flow)
@@ -344,6 +345,7 @@ class Gateway:
             # Never held, whatever its size: counted as it passes, and cut at MAX_BODY_MB when its
             # size was not declared (one declared larger got its 413 above).
             request.stream = StreamedUpload(info, s.max_body_bytes)
+            info.forwarded = True  # mitmproxy sends a streamed request's headers upstream now
             self.timeouts.watch(flow)
 
     def _client_ip(self, flow: http.HTTPFlow) -> str:

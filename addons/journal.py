@@ -49,7 +49,7 @@ RUNNING_FILE = "running.jsonl"
 LINE_FIELDS = (
     "ts", "key_id", "endpoint", "model", "status", "prompt_tokens", "completion_tokens", "cached_tokens",
     "total_tokens", "audio_seconds", "request_bytes", "cost_eur", "duration_ms", "streamed", "complete",
-    "default_price", "uid",
+    "default_price", "uid", "refused",
 )
 _values = operator.attrgetter(*LINE_FIELDS[1:])
 # One encoder, made once: json.dumps() with any option builds a new one per call.

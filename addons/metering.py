@@ -48,6 +48,7 @@ class RequestInfo:
     strip_usage_chunk: bool = False
     tap: SseUsageTap | None = None
     finished: bool = False
+    forwarded: bool = False  # something of it went upstream; else an error is the gateway's refusal
     uid: int = field(default_factory=lambda: next(_UIDS))
     _upload_head: bytes = b""
 
@@ -84,6 +85,7 @@ class Finished(NamedTuple):
     metered: bool  # an API request with a known key: it gets a usage row
     body: bytes | None = None  # a JSON answer whose usage is still to read; dropped once read
     uid: int | None = None  # RequestInfo.uid
+    refused: bool = False  # answered by the gateway itself, nothing forwarded
 
     def with_body_read(self) -> Finished:
         """Usage and model from the answer's body, read on the writer thread, off the event loop."""
@@ -122,6 +124,7 @@ def finished(
         metered,
         body,
         info.uid,
+        status >= 400 and not info.forwarded,
     )
 
 
@@ -158,6 +161,7 @@ def make_record(f: Finished, price_table: dict[str, prices.PriceRow]) -> UsageRe
         complete=f.complete,
         default_price=is_default and bool(model) and cost > 0,
         uid=f.uid,
+        refused=f.refused,
     )
 
 

@@ -1,26 +1,20 @@
 """One key's usage (the admin's key page and the usage tab's key filter), and which errors were the
 gateway's own refusals.
 
-The daily rollup counts every answer of status 400 or more as an error, whoever made it. A usage
-row records only its status, so the gateway's refusals (a rate, token or budget limit, a model the
-key may not use, a body over MAX_BODY_MB) are told apart from the upstream's errors by status:
-REFUSED_STATUSES. The gateway's own 401 never reaches the usage table (no key was recognised), so
-a 401 stored there is the upstream's. Inexact both ways, as a status cannot say who answered: an
-upstream that answers 403, 413 or 429 itself is counted as refused, and the gateway's answers to a
-request it cannot take (400, 415, 503 when it holds too many bodies) as errors.
+The daily rollup counts every answer of status 400 or more as an error, whoever made it, and
+apart from them the refusals: answers the gateway made itself with nothing forwarded (a rate,
+token or budget limit, a model the key may not use, a body it would not take). Rows written
+before release 0.2 kept only a status; their refusals were estimated once, by the migration.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, time, timedelta
-from threading import Lock
+from datetime import date, datetime
 
 from peewee import JOIN, fn
 
 from storage import spend
-from storage.models import ApiKey, DailyUsage, Usage, database
-
-REFUSED_STATUSES = (403, 413, 429)
+from storage.models import ApiKey, DailyUsage
 
 _SUMS = (
     "requests",
@@ -32,6 +26,7 @@ _SUMS = (
     "audio_seconds",
     "request_bytes",
     "cost_eur",
+    "refused",
 )
 _FLOAT_SUMS = ("audio_seconds", "cost_eur")
 _GROUPS = {"day": DailyUsage.day, "model": DailyUsage.model}
@@ -107,60 +102,19 @@ def daily_rows(start_day: date | None, end_day: date | None, key_id: str) -> lis
 # Counting them reads the usage table itself, row by row (the rollup does not keep statuses): a
 # group is counted again only when its error count moved, which any new refusal makes it do. So a
 # page over many days reads only today's rows again, not every row of the period.
-_counted: dict[tuple[str, str, str, str], tuple[int, int]] = {}
-_counted_lock = Lock()
-_MAX_COUNTED = 200_000
-
-
 def refused(start_day: date | None, end_day: date | None, key_id: str | None = None) -> dict[tuple, int]:
-    """Requests refused by the gateway (REFUSED_STATUSES) per (day, key_id, model), between two
-    days inclusive, of one key or of all; groups without a refusal are left out."""
-    # SQL of our own: the groups with errors of a month can be thousands, and this runs on every
-    # usage page; a query object would convert each row's day for nothing. Days stay text here.
-    sql = 'SELECT "day", "key_id", "model", "errors" FROM "daily_usage" WHERE "errors" > 0'
-    params: list = []
-    for clause, value in (('"key_id" = ?', key_id), ('"day" >= ?', start_day), ('"day" <= ?', end_day)):
-        if value is not None:
-            sql += f" AND {clause}"
-            params.append(value if isinstance(value, str) else value.isoformat())
-    where = database.database
-    counts: dict[tuple[str, str, str], int] = {}
-    stale: dict[str, dict[tuple[str, str], int]] = {}  # key_id -> (day, model) -> errors
-    for day, key, model, errors in database.execute_sql(sql, params):
-        known = _counted.get((where, day, key, model))
-        if known is not None and known[0] == errors:
-            if known[1]:
-                counts[(day, key, model)] = known[1]
-        else:
-            stale.setdefault(key, {})[(day, model)] = errors
-    for key, groups in stale.items():
-        found = _count(key, min(day for day, _ in groups), max(day for day, _ in groups))
-        with _counted_lock:
-            if len(_counted) > _MAX_COUNTED:
-                _counted.clear()
-            for (day, model), errors in groups.items():
-                n = found.get((day, model), 0)
-                _counted[(where, day, key, model)] = (errors, n)
-                if n:
-                    counts[(day, key, model)] = n
-    return {(date.fromisoformat(day), key, model): n for (day, key, model), n in counts.items()}
-
-
-def _count(key_id: str, first: str, last: str) -> dict[tuple[str, str], int]:
-    """One key's refusals per (day, model) from its usage rows, days as text; the (key_id, ts)
-    index bounds the rows read to that key's between the two days."""
-    start = datetime.combine(date.fromisoformat(first), time(0), tzinfo=UTC)
-    end = datetime.combine(date.fromisoformat(last) + timedelta(days=1), time(0), tzinfo=UTC)
-    day = fn.substr(Usage.ts, 1, 10).coerce(False)  # the UTC day as text, not ts's datetime
-    query = (
-        Usage.select(day, Usage.model, fn.COUNT(Usage.id))
-        .where(
-            (Usage.key_id == key_id) & (Usage.ts >= start) & (Usage.ts < end)
-            & Usage.status.in_(REFUSED_STATUSES)
-        )
-        .group_by(day, Usage.model)
+    """Requests the gateway refused per (day, key_id, model), between two days inclusive, of one
+    key or of all, from the rollup; groups without a refusal are left out."""
+    query = DailyUsage.select(DailyUsage.day, DailyUsage.key_id, DailyUsage.model, DailyUsage.refused).where(
+        DailyUsage.refused > 0
     )
-    return {(text, model): n for text, model, n in query.tuples()}
+    if key_id is not None:
+        query = query.where(DailyUsage.key_id == key_id)
+    if start_day is not None:
+        query = query.where(DailyUsage.day >= start_day)
+    if end_day is not None:
+        query = query.where(DailyUsage.day <= end_day)
+    return {(day, key, model): n for day, key, model, n in query.tuples()}
 
 
 def refused_by(counts: dict[tuple, int], part: str) -> dict:

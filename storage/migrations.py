@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from peewee import BigIntegerField, Database, FloatField, IntegerField, TextField
+from peewee import BigIntegerField, BooleanField, Database, FloatField, IntegerField, TextField
 from playhouse.migrate import SqliteMigrator, migrate
 
 
@@ -52,6 +52,23 @@ def _v4_spend_control(database: Database) -> None:
     )
 
 
+def _v5_refused(database: Database) -> None:
+    # usage.refused and its daily sum tell the gateway's own refusals from the upstream's errors.
+    # Earlier rows kept only a status: theirs are estimated from it (the statuses the gateway
+    # refuses with), once, here.
+    migrator = SqliteMigrator(database)
+    migrate(
+        migrator.add_column("usage", "refused", BooleanField(default=False)),
+        migrator.add_column("daily_usage", "refused", IntegerField(default=0)),
+    )
+    database.execute_sql('UPDATE "usage" SET refused = 1 WHERE status IN (403, 413, 429)')
+    database.execute_sql(
+        'UPDATE "daily_usage" SET refused = (SELECT count(*) FROM "usage" u WHERE u.refused = 1'
+        ' AND u.key_id = "daily_usage".key_id AND u.model = "daily_usage".model'
+        ' AND substr(u.ts, 1, 10) = "daily_usage".day) WHERE errors > 0'
+    )
+
+
 # (version reached, what it changes, the step). Append only; never edit a released step.
 MIGRATIONS: tuple[tuple[int, str, Callable[[Database], None]], ...] = (
     (
@@ -61,6 +78,7 @@ MIGRATIONS: tuple[tuple[int, str, Callable[[Database], None]], ...] = (
     ),
     (3, "usage.uid, unique: journal replays are idempotent", _v3_usage_uid),
     (4, "api_key.budget_eur, budget_period, models, tpm", _v4_spend_control),
+    (5, "usage.refused and daily_usage.refused: the gateway's refusals apart", _v5_refused),
 )
 LATEST = MIGRATIONS[-1][0] if MIGRATIONS else 1
 

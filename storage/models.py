@@ -122,6 +122,9 @@ class Usage(BaseModel):
     streamed = BooleanField(default=False)
     complete = BooleanField(default=True)
     default_price = BooleanField(default=False)
+    # The gateway answered itself (a limit, a budget, a model the key may not use): nothing was
+    # forwarded. Other errors are the upstream's.
+    refused = BooleanField(default=False)
     # The request's own number (addons/metering.py): a row replayed from the gateway's journal
     # after a crash or an outage is inserted once. NULL in rows written before schema version 3.
     uid = BigIntegerField(null=True, unique=True)
@@ -136,6 +139,7 @@ class DailyUsage(BaseModel):
     model = TextField()
     requests = IntegerField(default=0)
     errors = IntegerField(default=0)
+    refused = IntegerField(default=0)  # of the errors, those the gateway answered itself
     prompt_tokens = IntegerField(default=0)
     completion_tokens = IntegerField(default=0)
     cached_tokens = IntegerField(default=0)

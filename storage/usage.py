@@ -31,6 +31,7 @@ class UsageRecord:
     complete: bool = True
     default_price: bool = False
     uid: int | None = None  # the request's number: a row given twice (a journal replay) is stored once
+    refused: bool = False  # answered by the gateway itself: nothing was forwarded
 
 
 _RECORD_FIELDS = tuple(f.name for f in fields(UsageRecord))
@@ -44,19 +45,20 @@ _SUMS = (
     "audio_seconds",
     "request_bytes",
     "cost_eur",
+    "refused",
 )
 _FLOAT_SUMS = ("audio_seconds", "cost_eur")
 
 
 _USAGE_COLUMNS = ", ".join(f'"{name}"' for name in _RECORD_FIELDS)
 _ROW_MARKS = f"({', '.join('?' for _ in _RECORD_FIELDS)})"
-_ROWS_PER_INSERT = 500  # 17 columns: well under SQLite's 32,766 bound parameters
+_ROWS_PER_INSERT = 500  # 18 columns: well under SQLite's 32,766 bound parameters
 _SUM_COLUMNS = ", ".join(f'"{name}"' for name in _SUMS)
 _ROLL_UP = f"""
     INSERT INTO "daily_usage" ("day", "key_id", "model", {_SUM_COLUMNS})
     SELECT substr(ts, 1, 10), key_id, model, count(*), sum(status >= 400), sum(prompt_tokens),
            sum(completion_tokens), sum(cached_tokens), sum(total_tokens), sum(audio_seconds),
-           sum(request_bytes), sum(cost_eur)
+           sum(request_bytes), sum(cost_eur), sum(refused)
     FROM "usage" WHERE id > ? GROUP BY 1, 2, 3
     ON CONFLICT ("day", "key_id", "model") DO UPDATE SET
     {", ".join(f'"{name}" = "{name}" + excluded."{name}"' for name in _SUMS)}
@@ -90,6 +92,7 @@ def _row(r: UsageRecord) -> tuple:
         r.complete,
         r.default_price,
         r.uid,
+        r.refused,
     )
 
 

@@ -317,8 +317,8 @@ def test_key_page_shows_limits_and_history_by_day_and_model(client, logged_in):
     earlier = now - timedelta(days=3)
     usage.record_batch([
         UsageRecord(now, key.key_id, CHAT, "gpt-oss-120b", 200, 10, 5, 0, 15, cost_eur=1.0),
-        UsageRecord(now, key.key_id, CHAT, "", 429),
-        UsageRecord(now, key.key_id, CHAT, "gemma-3-27b", 403),
+        UsageRecord(now, key.key_id, CHAT, "", 429, refused=True),
+        UsageRecord(now, key.key_id, CHAT, "gemma-3-27b", 403, refused=True),
         UsageRecord(earlier, key.key_id, CHAT, "gpt-oss-120b", 502),
         UsageRecord(earlier, key.key_id, CHAT, "gpt-oss-120b", 200, 100, 50, 0, 150, cost_eur=0.25),
         UsageRecord(now, other.key_id, CHAT, "gpt-oss-120b", 200, cost_eur=7.0),

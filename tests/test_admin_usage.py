@@ -187,20 +187,21 @@ def test_times_are_shown_in_utc():
 
 @pytest.fixture
 def refusals(app):
-    """One key's answers today: refused by the gateway (429, 403, 413) and the upstream's errors
-    (a 401 never comes from the gateway with a key, so it is the upstream's; 502)."""
+    """One key's answers today: refused by the gateway itself (429, 403, 413, nothing forwarded)
+    and the upstream's errors (its own 429 and 401; a 502)."""
     key, _ = keys.create_key("limited")
     other, _ = keys.create_key("other")
     now = utcnow()
+    refused = {"prompt": 0, "completion": 0, "cost": 0.0, "refused": True}
     usage.record_batch([
         record(key.key_id, now),
-        record(key.key_id, now, model="", status=429, prompt=0, completion=0, cost=0.0),
-        record(key.key_id, now, status=429, prompt=0, completion=0, cost=0.0),
-        record(key.key_id, now, model="gemma-3-27b", status=403, prompt=0, completion=0, cost=0.0),
-        record(key.key_id, now, model="gemma-3-27b", status=413, prompt=0, completion=0, cost=0.0),
+        record(key.key_id, now, model="", status=429, **refused),
+        record(key.key_id, now, status=429, **refused),
+        record(key.key_id, now, model="gemma-3-27b", status=403, **refused),
+        record(key.key_id, now, model="gemma-3-27b", status=413, **refused),
         record(key.key_id, now, status=401, prompt=0, completion=0, cost=0.0),
         record(other.key_id, now, status=502, prompt=0, completion=0, cost=0.0),
-        record(other.key_id, now, cost=1.0),
+        record(other.key_id, now, status=429, prompt=0, completion=0, cost=0.0),
     ])
     return {"key": key, "other": other, "today": now.date()}
 
@@ -214,16 +215,16 @@ def cells(table: str, first: str) -> list[str]:
 def test_refusals_are_apart_from_upstream_errors(client, logged_in, refusals):
     html = client.get("/admin/usage?period=today").text
     assert 'id="total-requests">8<' in html
-    assert 'id="total-refused">4<' in html and 'id="total-errors">2<' in html
-    assert "25.0% of requests" in html, "upstream errors only"
+    assert 'id="total-refused">4<' in html and 'id="total-errors">3<' in html
+    assert "37.5% of requests" in html, "upstream errors only"
     by_key = re.search(r'<table class="table" id="by-key">.*?</table>', html, re.S).group(0)
     assert cells(by_key, "limited")[:3] == ["6", "4", "1"]
-    assert cells(by_key, "other")[:3] == ["2", "0", "1"]
+    assert cells(by_key, "other")[:3] == ["2", "0", "2"], "the upstream's own 429 is an error"
     by_model = re.search(r'<table class="table" id="by-model">.*?</table>', html, re.S).group(0)
     assert cells(by_model, "gemma-3-27b")[:3] == ["2", "2", "0"]
-    assert cells(by_model, "gpt-oss-120b")[:3] == ["5", "1", "2"]
+    assert cells(by_model, "gpt-oss-120b")[:3] == ["5", "1", "3"]
     assert cells(by_model, "—")[:3] == ["1", "1", "0"], "a refusal before the model was read"
-    assert "403, 413 or 429" in html, "the page says how refusals are told apart"
+    assert "nothing was forwarded" in html, "the page says what a refusal is"
 
 
 def test_filter_by_key(client, logged_in, refusals):

@@ -137,3 +137,18 @@ def test_one_key_alone_is_refused_by_the_global_limit_it_was_given(start_gateway
     _, plaintext = keys.create_key("alone")
     assert [models(gateway, plaintext).status_code for _ in range(2)] == [200, 200]
     assert_limited(models(gateway, plaintext), "global")
+
+
+def test_a_refusal_is_told_from_the_upstreams_own_error(start_gateway):
+    gateway = start_gateway(**WIDE)
+    key_id, plaintext = gateway.new_key(rate_limit=2)
+    headers = {"authorization": f"Bearer {plaintext}"}
+    chat = {"model": "gpt-oss-120b", "messages": []}
+    upstream_429 = httpx.post(
+        f"{gateway.url}/v1/chat/completions", headers=headers, json=chat,
+        params={"fake-scenario": "error", "fake-status": "429"},
+    )
+    assert upstream_429.status_code == 429
+    assert_limited(models(gateway, plaintext), "per-key")  # the probe and the chat took both
+    rows = gateway.usage_rows(key_id, count=2)
+    assert [(r.status, r.refused) for r in rows] == [(429, False), (429, True)]

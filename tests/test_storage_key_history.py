@@ -1,14 +1,14 @@
-"""storage.key_history: one key's usage from the rollup, the gateway's refusals counted from the
-usage rows, and each key's spend in its budget period."""
+"""storage.key_history: one key's usage from the rollup, the gateway's refusals apart from the
+upstream's errors, and each key's spend in its budget period."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
 from storage import key_history, keys, spend, usage
-from storage.models import Usage
 from storage.usage import UsageRecord
 
 NOW = datetime(2026, 11, 25, 12, tzinfo=UTC)  # a Wednesday
@@ -45,13 +45,18 @@ def test_one_keys_summary_totals_and_rows(db_path):
         key_history.summary(TODAY, TODAY, "a", by="key")
 
 
-def test_refusals_are_the_gateways_statuses(db_path):
-    usage.record_batch([
-        row("a", 429), row("a", 429, model=""), row("a", 403, model="gemma-3-27b"), row("a", 413),
-        row("a", 401), row("a", 500), row("a", 502), row("a", 200),
-        row("a", 429, ts=NOW - timedelta(days=1)),
-        row("b", 429), row("b", 503),
-    ])
+def test_refusals_are_the_rows_the_gateway_answered_itself(db_path):
+    refused = [
+        dataclasses.replace(row("a", 429), refused=True),
+        dataclasses.replace(row("a", 429, model=""), refused=True),
+        dataclasses.replace(row("a", 403, model="gemma-3-27b"), refused=True),
+        dataclasses.replace(row("a", 400), refused=True),  # a body the gateway would not read
+        dataclasses.replace(row("a", 429, ts=NOW - timedelta(days=1)), refused=True),
+        dataclasses.replace(row("b", 429), refused=True),
+    ]
+    # The upstream's own 429 (its quota) and 403 are errors, not refusals.
+    upstream = [row("a", 429), row("a", 403), row("a", 500), row("a", 200), row("b", 503)]
+    usage.record_batch(refused + upstream)
     counts = key_history.refused(YESTERDAY, TODAY)
     assert counts == {
         (TODAY, "a", "gpt-oss-120b"): 2, (TODAY, "a", ""): 1, (TODAY, "a", "gemma-3-27b"): 1,
@@ -65,32 +70,6 @@ def test_refusals_are_the_gateways_statuses(db_path):
     assert sorted((r["key_id"], r["errors"], r["refused"], r["upstream_errors"]) for r in rows) == [
         ("a", 7, 4, 3), ("b", 2, 1, 1),
     ]
-
-
-def test_refusals_are_counted_again_only_where_the_errors_moved(db_path):
-    usage.record_batch([row("a", 429), row("a", 429, ts=NOW - timedelta(days=1))])
-    assert key_history.refused(YESTERDAY, TODAY, "a") == {(TODAY, "a", "gpt-oss-120b"): 1,
-                                                          (YESTERDAY, "a", "gpt-oss-120b"): 1}
-    # Rows removed behind the rollup's back: a group whose error count did not move is not read
-    # again, which is what keeps a page over many days cheap.
-    Usage.delete().where(Usage.ts < datetime(2026, 11, 25, tzinfo=UTC)).execute()
-    # A new refusal today moves today's error count: today is counted again, and sees it.
-    usage.record_batch([row("a", 403)])
-    assert key_history.refused(YESTERDAY, TODAY, "a") == {(TODAY, "a", "gpt-oss-120b"): 2,
-                                                          (YESTERDAY, "a", "gpt-oss-120b"): 1}
-    # A new upstream error moves the count too, and the refusals stay right.
-    usage.record_batch([row("a", 502)])
-    assert key_history.refused(TODAY, TODAY, "a") == {(TODAY, "a", "gpt-oss-120b"): 2}
-
-
-def test_refusals_of_two_databases_are_not_mixed(tmp_path):
-    from storage.db import close_database, open_database
-
-    for name, statuses in (("one.db", [429, 429]), ("two.db", [429])):
-        open_database(f"sqlite:///{tmp_path / name}")
-        usage.record_batch([row("a", status) for status in statuses])
-        assert key_history.refused(TODAY, TODAY) == {(TODAY, "a", "gpt-oss-120b"): len(statuses)}
-        close_database()
 
 
 def test_spend_this_period_of_each_key(db_path):

@@ -145,3 +145,27 @@ def test_a_row_given_twice_is_stored_and_rolled_up_once(old_db):
     assert Usage.select().where(Usage.uid.is_null(False)).count() == 2
     day = DailyUsage.get(DailyUsage.day == date(2026, 11, 21))
     assert (day.requests, day.total_tokens) == (2, 5)
+
+
+def test_refusals_before_the_upgrade_are_estimated_from_their_status(tmp_path):
+    path = tmp_path / "gateway.db"
+    shutil.copy(RELEASE_0_1, path)
+    conn = sqlite3.connect(path)
+    key_id = conn.execute("SELECT key_id FROM api_key WHERE name = 'n8n production'").fetchone()[0]
+    for status in (429, 403, 502):
+        conn.execute(
+            "INSERT INTO usage (ts, key_id, endpoint, model, status, prompt_tokens, completion_tokens,"
+            " cached_tokens, total_tokens, audio_seconds, request_bytes, cost_eur, duration_ms, streamed,"
+            " complete, default_price) VALUES ('2026-11-20 13:00:00.000000', ?, '/v1/chat/completions',"
+            " 'gpt-oss-120b', ?, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 0)",
+            (key_id, status),
+        )
+    conn.execute("UPDATE daily_usage SET requests = requests + 3, errors = 3")
+    conn.commit()
+    conn.close()
+    db.open_database(f"sqlite:///{path}")
+    try:
+        assert [u.refused for u in Usage.select().order_by(Usage.id)] == [False] * 3 + [True, True, False]
+        assert DailyUsage.get().refused == 2
+    finally:
+        db.close_database()
