@@ -41,8 +41,10 @@ log = logging.getLogger("gateway")
 # What an OpenAI or Anthropic API call needs; everything else a client sends (cookies, client
 # addresses, tracing and SDK telemetry headers) stays here: privatemode-proxy passes headers on
 # to Privatemode. Compression is not asked for, so usage can be read from what comes back.
+# `Expect: 100-continue` is kept for mitmproxy, which answers it once the request is admitted and
+# then removes it: dropped here, curl waited a second before sending any body over 1 MB.
 FORWARDED_HEADERS = frozenset({b"content-type", b"content-length", b"content-encoding", b"transfer-encoding",
-                               b"accept"})
+                               b"accept", b"expect"})
 FORWARDED_PREFIXES = (b"openai-", b"anthropic-")
 
 

@@ -371,3 +371,20 @@ def test_a_streamed_upload_over_the_limit_is_cut(gateway, api_key):
     assert (r.status_code, r.json()["error"]["code"]) == (413, "request_too_large")
     [upstream_saw] = gateway.upstream_requests()
     assert upstream_saw["body_length"] <= 2 * 1024 * 1024 and not upstream_saw["body_complete"]
+
+
+def test_an_admitted_body_is_asked_for_at_once(gateway, api_key, tmp_path):
+    """curl sends a body over 1 MB only after a `100 Continue`, or after waiting a second for it."""
+    httpx.post(f"http://127.0.0.1:{gateway.upstream_port}/_fake/reset")
+    body = tmp_path / "body.json"
+    body.write_bytes(b'{"model": "m", "messages": [{"role": "user", "content": "%s"}]}' % (b"a" * DECLARED))
+    result = subprocess.run(
+        ["curl", "-sS", "-v", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", str(WAIT),
+         "-H", f"Authorization: Bearer {api_key[1]}", "-H", "Content-Type: application/json",
+         "--data-binary", f"@{body}", f"{gateway.url}/v1/chat/completions"],
+        capture_output=True, text=True, timeout=WAIT + 5,
+    )
+    assert result.stdout == "200", result.stderr
+    assert "> Expect: 100-continue" in result.stderr and "< HTTP/1.1 100 Continue" in result.stderr
+    [forwarded] = [q for q in gateway.upstream_requests() if q["path"] == "/v1/chat/completions"]
+    assert "expect" not in forwarded["headers"], "mitmproxy answered it: it does not go upstream"
