@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 from tests import procs  # noqa: E402
 
 FAST = "x-fake-scenario: fast"
+SETTLE_SECONDS = 1.0  # between runs: the gateway's writer stores the last run's usage rows
 CHAT_BODY = '{"model":"gpt-oss-120b","messages":[{"role":"user","content":"hi"}]}'
 # wrk sends one request shape per run; a POST needs its Lua script.
 POST_SCRIPT = f"""wrk.method = "POST"
@@ -197,8 +198,13 @@ def main() -> None:
             wrk(proc.port, 16, 2, secret, post)  # warm up
         # Rounds alternate between the targets, so that a busy moment of the machine does not
         # land on one of them only; each figure is the median of its rounds.
-        for _ in range(args.rounds):
-            for name, (proc, secret) in targets.items():
+        order = list(targets.items())
+        for round_ in range(args.rounds):
+            # Each round starts one target later: no target always follows the same one (the
+            # gateway's two keys share a process, whose writer is still storing the rows of
+            # the run before for a moment).
+            for name, (proc, secret) in order[round_ % len(order) :] + order[: round_ % len(order)]:
+                time.sleep(SETTLE_SECONDS)
                 cpu_before = cpu_seconds(proc.popen.pid)
                 many = wrk(proc.port, 16, args.seconds, secret, post)
                 cpu_us = (cpu_seconds(proc.popen.pid) - cpu_before) * 1e6 / many["requests"]
