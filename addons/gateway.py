@@ -43,8 +43,10 @@ log = logging.getLogger("gateway")
 # to Privatemode. Compression is not asked for, so usage can be read from what comes back.
 # `Expect: 100-continue` is kept for mitmproxy, which answers it once the request is admitted and
 # then removes it: dropped here, curl waited a second before sending any body over 1 MB.
+# `Connection` too: mitmproxy closes the client's connection after the answer when the request
+# says `close`, and reads that from this same request (the upstream hop closes too: harmless).
 FORWARDED_HEADERS = frozenset({b"content-type", b"content-length", b"content-encoding", b"transfer-encoding",
-                               b"accept", b"expect"})
+                               b"accept", b"expect", b"connection"})
 FORWARDED_PREFIXES = (b"openai-", b"anthropic-")
 
 

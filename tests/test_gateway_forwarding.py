@@ -6,6 +6,7 @@ privatemode-proxy passes request headers on to Privatemode, outside the VM.
 from __future__ import annotations
 
 import http.client
+import socket
 
 import anthropic
 import httpx
@@ -47,7 +48,7 @@ def test_identifying_headers_stay_in_the_vm(gateway, api_key):
     assert "authorization" not in forwarded
     assert forwarded["content-type"] == "application/json"
     assert forwarded["openai-beta"] == "assistants=v2"
-    assert set(forwarded) <= {"host", "content-type", "content-length", "accept", "openai-beta"}
+    assert set(forwarded) <= {"host", "content-type", "content-length", "accept", "connection", "openai-beta"}
 
 
 def test_the_sdks_headers_that_matter_pass_and_their_telemetry_does_not(gateway, api_key):
@@ -132,3 +133,17 @@ def test_a_doubly_encoded_path_is_refused_not_forwarded(gateway, api_key, path):
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
     # The fake upstream also records the health probe's GET /: look for this path only.
     assert not [q for q in gateway.upstream_requests() if q["target"].startswith("/unstructured/")]
+
+
+def test_connection_close_closes_the_clients_connection(gateway, api_key):
+    # A client that reads until the connection closes must not wait forever.
+    _, plaintext = api_key
+    with socket.create_connection(("127.0.0.1", gateway.proc.port), timeout=10) as s:
+        s.sendall(
+            f"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {plaintext}\r\n"
+            "Connection: close\r\n\r\n".encode()
+        )
+        answer = b""
+        while chunk := s.recv(65536):  # a socket.timeout here is the bug
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200")
