@@ -7,7 +7,6 @@ Production runs it through `python -m addons`; for debugging it also loads with
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import json
 import logging
@@ -22,7 +21,7 @@ _ROOT = str(Path(__file__).resolve().parents[1])
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from addons import engine, errors, models, routes  # noqa: E402
+from addons import admin_route, engine, errors, models, routes  # noqa: E402
 from addons.bodies import RETRY_AFTER_SECONDS, BodyBudget, StreamedUpload, held_size  # noqa: E402
 from addons.health import Health, upstream_tls_context  # noqa: E402
 from addons.limits import Limiter, Verdict  # noqa: E402
@@ -34,7 +33,7 @@ from addons.timeouts import UpstreamTimeouts  # noqa: E402
 from addons.tls import CHECK_SECONDS, HSTS, CertificateBundle, CertificateError  # noqa: E402
 from addons.usage import json_object  # noqa: E402
 from addons.writer import UsageWriter  # noqa: E402
-from storage import admin_link, config, db, keys_file  # noqa: E402
+from storage import config, db, keys_file  # noqa: E402
 from storage.settings import Limits, load_limits  # noqa: E402
 
 log = logging.getLogger("gateway")
@@ -277,7 +276,7 @@ class Gateway:
             flow.response = _too_many(ip_verdict)
             return
         if kind is routes.Kind.ADMIN:
-            self._route_to_admin(flow, info)
+            admin_route.route(flow, info.client_ip, self._client_used_https(flow), self.settings)
             return
         if kind is routes.Kind.UNKNOWN:
             flow.response = errors.not_found(path)
@@ -372,39 +371,6 @@ class Gateway:
         forwarded = flow.request.headers.get("x-forwarded-proto", "").split(",")[-1].strip().lower()
         return forwarded == "https"
 
-    def _route_to_admin(self, flow: http.HTTPFlow, info: RequestInfo) -> None:
-        request = flow.request
-        # Anyone may post to the login page: a body the admin would refuse anyway is refused
-        # here, before it reaches the admin's TMPDIR (a 64 MB tmpfs in production).
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > admin_link.MAX_BODY_BYTES:
-            flow.response = errors.error_response(
-                413, f"Request body exceeds the admin panel's {admin_link.MAX_BODY_BYTES // 1024} KB.",
-                "invalid_request_error", "request_too_large",
-            )
-            return
-        if "transfer-encoding" in request.headers:
-            # Browsers declare the size of a form: an HTTP/1.1 body of unknown size is refused
-            # here, at once, rather than cut by _AdminBody while the admin races to answer.
-            flow.response = errors.error_response(
-                411, "The admin panel takes request bodies with a Content-Length only.",
-                "invalid_request_error", "length_required",
-            )
-            return
-        public_host = request.host_header or ""  # kept by keep_host_header: the name clients use
-        request.scheme, request.host, request.port = "http", "127.0.0.1", self.settings.admin_port
-        request.host_header = f"127.0.0.1:{self.settings.admin_port}"
-        # Set by us, replacing whatever the client sent in any spelling: the admin trusts these
-        # headers on a request that carries the secret, and only there.
-        request.headers.fields = tuple(f for f in request.headers.fields if not _admin_trusts(f[0]))
-        request.headers[admin_link.HEADER] = _admin_secret(self.settings.data_dir)
-        request.headers["x-forwarded-host"] = public_host
-        request.headers["x-forwarded-for"] = info.client_ip
-        request.headers["x-forwarded-proto"] = "https" if self._client_used_https(flow) else "http"
-        request.headers["x-forwarded-prefix"] = "/admin"
-        # An HTTP/2 body may come without a declared size: it is cut after the limit instead.
-        request.stream = _AdminBody(admin_link.MAX_BODY_BYTES)
-
     # -- forwarding ------------------------------------------------------------------------
 
     def _prepare_upstream(self, flow: http.HTTPFlow, info: RequestInfo) -> None:
@@ -464,44 +430,6 @@ class Gateway:
 def _add_hsts(flow: http.HTTPFlow) -> None:
     if flow.client_conn.tls_established:
         flow.response.headers["strict-transport-security"] = HSTS
-
-
-_ADMIN_SECRET_HEADER = admin_link.HEADER.lower().encode()
-
-
-@functools.cache
-def _admin_secret(data_dir: Path) -> str:
-    """The secret shared with the admin (storage.admin_link), read or made at the first admin request."""
-    return admin_link.load_or_create(data_dir)
-
-
-def _admin_trusts(name: bytes) -> bool:
-    """A header the admin believes from the gateway: never passed on from a client."""
-    lowered = name.lower().replace(b"_", b"-")
-    return lowered.startswith(b"x-forwarded-") or lowered in (b"forwarded", _ADMIN_SECRET_HEADER)
-
-
-class _AdminBody:
-    """`flow.request.stream` for the admin: the body up to the limit and one byte more, no further.
-
-    mitmproxy 12.2 gives a stream callable no clean way to end the flow (an exception there is
-    logged as a mitmproxy crash and the client's connection is no longer read, so the client
-    hangs), so the rest of the body is read and dropped here. The byte past the limit makes the
-    admin, which refuses bodies over the limit, answer 413 instead of taking a truncated body.
-    """
-
-    __slots__ = ("left",)
-
-    def __init__(self, limit: int) -> None:
-        self.left = limit + 1
-
-    def __call__(self, chunk: bytes) -> bytes | list[bytes]:
-        if self.left <= 0:
-            # Not b"": an empty chunk goes out as the end of a chunked body.
-            return []
-        chunk = chunk[: self.left]
-        self.left -= len(chunk)
-        return chunk
 
 
 def _forwarded(name: bytes) -> bool:
