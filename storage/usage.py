@@ -63,11 +63,11 @@ _ROLL_UP = f"""
     ON CONFLICT ("day", "key_id", "model") DO UPDATE SET
     {", ".join(f'"{name}" = "{name}" + excluded."{name}"' for name in _SUMS)}
 """
+# One statement per key of the batch, by primary key: its cost does not grow with the usage table
+# (a GROUP BY over the new rows read the whole (key_id, ts) index: x1.9 CPU per request at 5M rows).
 _LAST_USED = """
-    UPDATE "api_key" SET last_used_at = used.ts
-    FROM (SELECT key_id, max(ts) AS ts FROM "usage" WHERE id > ? GROUP BY key_id) AS used
-    WHERE "api_key".key_id = used.key_id
-      AND ("api_key".last_used_at IS NULL OR "api_key".last_used_at < used.ts)
+    UPDATE "api_key" SET last_used_at = ?
+    WHERE key_id = ? AND (last_used_at IS NULL OR last_used_at < ?)
 """
 
 
@@ -123,7 +123,17 @@ def record_batch(records: list[UsageRecord]) -> None:
             _insert_usage(cursor, rows[start : start + _ROWS_PER_INSERT])
         cursor.execute(_ROLL_UP, (last_id,))
         # Only last_used_at is written, so the revision trigger stays quiet.
-        cursor.execute(_LAST_USED, (last_id,))
+        cursor.executemany(_LAST_USED, [(ts, key_id, ts) for key_id, ts in _last_use(rows).items()])
+
+
+def _last_use(rows: list[tuple]) -> dict[str, str]:
+    """The latest time (TS_FORMAT text, which sorts as time) of each key in `rows`."""
+    latest: dict[str, str] = {}
+    for row in rows:
+        ts, key_id = row[0], row[1]
+        if ts > latest.get(key_id, ""):
+            latest[key_id] = ts
+    return latest
 
 
 def _sum_columns() -> list:

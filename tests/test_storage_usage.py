@@ -246,3 +246,16 @@ def test_rollup_always_matches_the_raw_rows(db_path, batches):
     ).fetchall()
     assert [row[:8] for row in rollup] == [row[:8] for row in raw]
     assert [row[8] for row in rollup] == pytest.approx([row[8] for row in raw])
+
+
+def test_a_batch_costs_the_same_whatever_the_size_of_the_usage_table(db_path):
+    # No statement of record_batch may read the whole usage table or one of its indexes.
+    from storage.db import database
+    from storage.usage import _LAST_USED, _ROLL_UP
+
+    plans = [
+        database.execute_sql("EXPLAIN QUERY PLAN " + _ROLL_UP, (0,)).fetchall(),
+        database.execute_sql("EXPLAIN QUERY PLAN " + _LAST_USED, ("x", "k", "x")).fetchall(),
+    ]
+    details = [step[3] for plan in plans for step in plan]
+    assert not [d for d in details if d.startswith("SCAN") and "usage" in d], details
