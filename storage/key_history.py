@@ -15,20 +15,8 @@ from peewee import JOIN, fn
 
 from storage import spend
 from storage.models import ApiKey, DailyUsage
+from storage.usage import FLOAT_SUMS, SUMS
 
-_SUMS = (
-    "requests",
-    "errors",
-    "prompt_tokens",
-    "completion_tokens",
-    "cached_tokens",
-    "total_tokens",
-    "audio_seconds",
-    "request_bytes",
-    "cost_eur",
-    "refused",
-)
-_FLOAT_SUMS = ("audio_seconds", "cost_eur")
 _GROUPS = {"day": DailyUsage.day, "model": DailyUsage.model}
 
 
@@ -52,7 +40,7 @@ def spend_this_period(keys: list[ApiKey], now: datetime) -> dict[str, tuple[spen
 
 
 def _sums() -> list:
-    return [fn.COALESCE(fn.SUM(getattr(DailyUsage, name)), 0).alias(name) for name in _SUMS]
+    return [fn.COALESCE(fn.SUM(getattr(DailyUsage, name)), 0).alias(name) for name in SUMS]
 
 
 def _of_key(query, key_id: str, start_day: date | None, end_day: date | None):
@@ -67,7 +55,7 @@ def _of_key(query, key_id: str, start_day: date | None, end_day: date | None):
 def _clean(row: dict) -> dict:
     # SUM() of no rows, or of whole reals, gives an int: the float sums are made floats, as
     # storage.usage's summaries give them, so both read the same in templates.
-    return {name: float(value) if name in _FLOAT_SUMS else value for name, value in row.items()}
+    return {name: float(value) if name in FLOAT_SUMS else value for name, value in row.items()}
 
 
 def summary(start_day: date | None, end_day: date | None, key_id: str, by: str = "day") -> list[dict]:
