@@ -7,6 +7,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import trustme
 
 from storage import db, keys
 from storage.models import Usage
@@ -114,3 +115,20 @@ def gateway(start_gateway) -> Gateway:
 @pytest.fixture
 def api_key(gateway) -> tuple[str, str]:
     return gateway.new_key()
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    """A private CA for a TLS gateway (a module may define its own)."""
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def certificate(ca, tmp_path_factory) -> dict[str, str]:
+    """TLS_CERT_FILE and TLS_KEY_FILE for localhost and 127.0.0.1, signed by `ca`."""
+    folder = tmp_path_factory.mktemp("certs")
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    cert_file, key_file = folder / "fullchain.pem", folder / "privkey.pem"
+    cert_file.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
+    key_file.write_bytes(cert.private_key_pem.bytes())
+    return {"TLS_CERT_FILE": str(cert_file), "TLS_KEY_FILE": str(key_file)}

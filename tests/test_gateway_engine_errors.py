@@ -25,21 +25,6 @@ PROTOCOLS = ["HTTP/1.1", "HTTP/2"]
 
 
 @pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture(scope="module")
-def certificate(ca, tmp_path_factory) -> dict[str, str]:
-    folder = tmp_path_factory.mktemp("certs")
-    cert = ca.issue_cert("localhost", "127.0.0.1")
-    cert_file, key_file = folder / "fullchain.pem", folder / "privkey.pem"
-    cert_file.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
-    key_file.write_bytes(cert.private_key_pem.bytes())
-    return {"TLS_CERT_FILE": str(cert_file), "TLS_KEY_FILE": str(key_file)}
-
-
-@pytest.fixture(scope="module")
 def tls_gateway(start_gateway, certificate):
     return start_gateway(**certificate, MAX_BODY_MB="1", RATE_LIMIT_REQUESTS="100000")
 
