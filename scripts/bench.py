@@ -87,7 +87,7 @@ def wrk(port: int, connections: int, seconds: int, key: str | None, post: Path |
         args += ["-s", str(post)]
     # In the query string, the fake upstream's switch to its small answer reaches it through the
     # gateway too, which forwards only the headers an API call needs.
-    path = "/v1/chat/completions?fake-scenario=fast" if post else "/v1/models"
+    path = "/v1/chat/completions?fake-scenario=fast" if post else "/v1/models?fake-scenario=fast"
     url = f"http://127.0.0.1:{port}{path}"
     out = subprocess.run([*args, url], capture_output=True, text=True, check=True).stdout
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
