@@ -15,7 +15,7 @@ from peewee import JOIN, fn
 
 from storage import spend
 from storage.models import ApiKey, DailyUsage
-from storage.usage import FLOAT_SUMS, SUMS
+from storage.usage import FLOAT_SUMS, SUMS, between
 
 _GROUPS = {"day": DailyUsage.day, "model": DailyUsage.model}
 
@@ -44,12 +44,7 @@ def _sums() -> list:
 
 
 def _of_key(query, key_id: str, start_day: date | None, end_day: date | None):
-    query = query.where(DailyUsage.key_id == key_id)
-    if start_day is not None:
-        query = query.where(DailyUsage.day >= start_day)
-    if end_day is not None:
-        query = query.where(DailyUsage.day <= end_day)
-    return query
+    return between(query.where(DailyUsage.key_id == key_id), start_day, end_day)
 
 
 def _clean(row: dict) -> dict:

@@ -140,7 +140,8 @@ def _sum_columns() -> list:
     return [fn.COALESCE(fn.SUM(getattr(DailyUsage, name)), 0).alias(name) for name in SUMS]
 
 
-def _between(query, start_day: date | None, end_day: date | None):
+def between(query, start_day: date | None, end_day: date | None):
+    """`query` of DailyUsage limited to the days between the two, inclusive (None: open)."""
     if start_day is not None:
         query = query.where(DailyUsage.day >= start_day)
     if end_day is not None:
@@ -175,13 +176,13 @@ def summary(start_day: date | None, end_day: date | None, by: str = "key") -> li
     if by == "key":
         query = query.join(ApiKey, JOIN.LEFT_OUTER, on=(ApiKey.key_id == DailyUsage.key_id))
     order = order or [fn.SUM(DailyUsage.cost_eur).desc(), fn.SUM(DailyUsage.requests).desc(), *columns]
-    query = _between(query, start_day, end_day).group_by(*columns).order_by(*order)
+    query = between(query, start_day, end_day).group_by(*columns).order_by(*order)
     return [_clean(row) for row in query.dicts()]
 
 
 def totals(start_day: date | None, end_day: date | None) -> dict:
     """Sums over every key and model between two days, inclusive."""
-    query = _between(DailyUsage.select(*_sum_columns()), start_day, end_day)
+    query = between(DailyUsage.select(*_sum_columns()), start_day, end_day)
     return _clean(query.dicts().get())
 
 
@@ -192,7 +193,7 @@ def daily_rows(start_day: date | None, end_day: date | None) -> list[dict]:
         .join(ApiKey, JOIN.LEFT_OUTER, on=(ApiKey.key_id == DailyUsage.key_id))
         .order_by(DailyUsage.day, DailyUsage.key_id, DailyUsage.model)
     )
-    return [_clean(row) for row in _between(query, start_day, end_day).dicts()]
+    return [_clean(row) for row in between(query, start_day, end_day).dicts()]
 
 
 def month_bounds(now: datetime) -> tuple[date, date]:
@@ -209,7 +210,7 @@ def month_bounds(now: datetime) -> tuple[date, date]:
 def month_by_key(now: datetime) -> dict[str, tuple[int, float]]:
     """Requests and euros per key in the UTC month of `now`."""
     first, last = month_bounds(now)
-    query = _between(
+    query = between(
         DailyUsage.select(
             DailyUsage.key_id,
             fn.SUM(DailyUsage.requests).alias("requests"),
